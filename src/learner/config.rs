@@ -1,0 +1,120 @@
+//! Options of the GRPO policy loss (SPEC section 4) and the plain-slice types
+//! shared by the CPU fused loss and the CUDA kernel.
+
+use serde::{Deserialize, Serialize};
+
+/// Estimator of the KL divergence to the frozen reference policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KlEstimator {
+    /// `logp - logp_ref`.
+    K1,
+    /// `0.5 * (logp - logp_ref)^2`.
+    K2,
+    /// verl's "low_var_kl": `exp(q) - q - 1`, `q = logp_ref - logp` clamped to
+    /// [-20, 20], the result clamped to [-10, 10].
+    K3,
+}
+
+/// How per-token losses are reduced to one number (verl's `loss_agg_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossAggregation {
+    /// Sum over all masked tokens of the mini-batch divided by their count.
+    TokenMean,
+    /// Per sequence the sum over its tokens, then the mean over sequences.
+    SeqMeanTokenSum,
+    /// Per sequence the mean over its tokens, then the mean over sequences.
+    SeqMeanTokenMean,
+    /// Per sequence the sum over its tokens divided by a fixed length, then the
+    /// mean over sequences.
+    SeqMeanTokenSumNorm {
+        /// The fixed normaliser (verl uses the maximum response length).
+        length: f64,
+    },
+}
+
+/// All options of the clipped GRPO surrogate with KL and entropy terms.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossConfig {
+    /// Lower clip range: the ratio is clipped at `1 - clip_low`.
+    pub clip_low: f64,
+    /// Upper clip range: the ratio is clipped at `1 + clip_high` (clip-higher
+    /// uses `clip_high > clip_low`).
+    pub clip_high: f64,
+    /// Dual-clip constant `c` (> 1) for negative advantages; `None` disables it.
+    pub dual_clip: Option<f64>,
+    /// KL penalty to the reference policy: estimator and coefficient beta.
+    pub kl: Option<(KlEstimator, f64)>,
+    /// Entropy bonus coefficient (the loss subtracts `coef * entropy`).
+    pub entropy_coef: f64,
+    /// Reduction of per-token terms.
+    pub aggregation: LossAggregation,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            clip_low: 0.2,
+            clip_high: 0.2,
+            dual_clip: Some(3.0),
+            kl: None,
+            entropy_coef: 0.0,
+            aggregation: LossAggregation::TokenMean,
+        }
+    }
+}
+
+/// Token-level inputs of the fused loss, as flat `[rows x max_len]` row-major
+/// slices of equal length (`rows * max_len`).
+#[derive(Debug, Clone, Copy)]
+pub struct LossInputs<'a> {
+    /// Number of sequences (rows).
+    pub rows: usize,
+    /// Padded length of each row.
+    pub max_len: usize,
+    /// Log-probabilities under the current policy.
+    pub logp: &'a [f32],
+    /// Log-probabilities under the policy that sampled the data.
+    pub logp_old: &'a [f32],
+    /// Log-probabilities under the frozen reference policy (used when
+    /// `LossConfig::kl` is set; may be empty otherwise).
+    pub logp_ref: &'a [f32],
+    /// Per-token advantages.
+    pub advantages: &'a [f32],
+    /// Per-token entropy of the current policy (used when `entropy_coef != 0`;
+    /// may be empty otherwise). Its gradient is not part of the fused output.
+    pub entropy: &'a [f32],
+    /// Response mask: 1 for response tokens, 0 for prompt and padding.
+    pub mask: &'a [f32],
+}
+
+/// Diagnostics of one loss evaluation, all over masked tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossDiagnostics {
+    /// The policy-gradient part of the loss (aggregated).
+    pub policy_loss: f64,
+    /// Fraction of tokens whose clipped term was the active one.
+    pub clip_fraction: f64,
+    /// Fraction of negative-advantage tokens where the dual clip bound was active.
+    pub dual_clip_fraction: f64,
+    /// Approximate KL to the sampling policy: mean of `logp_old - logp`.
+    pub approx_kl_old: f64,
+    /// KL to the reference policy with the configured estimator (aggregated);
+    /// 0 when no KL is configured.
+    pub kl_ref: f64,
+    /// Mean entropy over masked tokens (0 when no entropy was given).
+    pub entropy: f64,
+}
+
+/// Result of the fused loss: the scalar, its gradient with respect to `logp`
+/// (same layout as the inputs) and the diagnostics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossOutput {
+    /// The total loss.
+    pub loss: f64,
+    /// d loss / d logp, `rows * max_len` entries, zero where the mask is zero.
+    pub grad_logp: Vec<f32>,
+    /// Diagnostics.
+    pub diagnostics: LossDiagnostics,
+}
