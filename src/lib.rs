@@ -9,7 +9,46 @@
 //! fast, and ships a small GRPO learner, a horizon curriculum and environments
 //! to experiment with.
 //!
+//! ```
+//! use g2po::{AdvantageEstimator, Anchor, Estimator, EstimatorConfig, EstimatorKind, RolloutBatch, Step};
+//! let step = |obs, reward| Step { anchor: Anchor::Text(obs), reward, valid: true, response_len: 4 };
+//! let mut b = RolloutBatch::builder();
+//! b.push_trajectory("task", "a", 10.0, [step("hall", 0.0), step("door", 10.0)])?;
+//! b.push_trajectory("task", "b", 0.0, [step("hall", 0.0), step("wall", 0.0)])?;
+//! let batch = b.build()?;
+//! let adv = Estimator::new(EstimatorConfig::new(EstimatorKind::G2po))?.estimate(&batch)?;
+//! assert!(adv.advantage[0] > adv.advantage[2]); // hall -> door beats hall -> wall
+//! let tokens = g2po::broadcast::flat(&adv, &batch)?;
+//! assert_eq!(tokens.values.len(), 16);
+//! # Ok::<(), g2po::Error>(())
+//! ```
+//!
 //! See `docs/architecture.md` for the data flow and `../shared/SPEC.md` for the
 //! mathematics.
 
+pub mod broadcast;
+pub mod error;
+pub mod estimators;
+pub mod graph;
+pub mod io;
+pub mod keys;
 pub mod learner;
+pub mod rollout;
+
+pub use error::{Error, Result};
+pub use estimators::{
+    AdvantageEstimator, Advantages, Estimator, EstimatorConfig, EstimatorKind, Grouping, Normalization, StatsOver,
+    TerminalValues,
+};
+pub use rollout::{Anchor, BatchBuilder, RolloutBatch, Step, StepRow};
+
+/// A two-trajectory batch used by the documentation examples: in group
+/// "task", "win" goes hall -> door (success), "lose" goes hall -> wall.
+#[doc(hidden)]
+pub fn doc_batch() -> RolloutBatch {
+    let step = |obs, reward, len| Step { anchor: Anchor::Text(obs), reward, valid: true, response_len: len };
+    let mut b = RolloutBatch::builder();
+    b.push_trajectory("task", "win", 10.0, [step("hall", 0.0, 3), step("door", 10.0, 2)]).expect("valid doc batch");
+    b.push_trajectory("task", "lose", 0.0, [step("hall", 0.0, 3), step("wall", 0.0, 4)]).expect("valid doc batch");
+    b.build().expect("valid doc batch")
+}

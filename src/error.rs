@@ -1,0 +1,168 @@
+//! The one error type of the advantage engine.
+//!
+//! Input is validated once, at the boundary (the batch builder and the JSON
+//! readers), so every variant names the offending row and field; the
+//! estimators themselves only fail on configuration errors.
+
+use thiserror::Error;
+
+/// Everything that can go wrong between rollout rows and token advantages.
+///
+/// ```
+/// use g2po::{Error, RolloutBatch};
+/// let err = RolloutBatch::builder().build().unwrap_err();
+/// assert!(matches!(err, Error::EmptyBatch));
+/// ```
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The batch holds no rows at all.
+    #[error("the batch is empty: no rows were given")]
+    EmptyBatch,
+    /// A trajectory was pushed without any step.
+    #[error("trajectory {traj:?} of group {group:?} has no steps")]
+    EmptyTrajectory {
+        /// Group id.
+        group: String,
+        /// Trajectory id.
+        traj: String,
+    },
+    /// Column inputs of different lengths.
+    #[error("column {field:?} has {found} entries but the batch has {expected} rows")]
+    LengthMismatch {
+        /// The column that disagrees.
+        field: &'static str,
+        /// Number of rows (length of the first column).
+        expected: usize,
+        /// Length of this column.
+        found: usize,
+    },
+    /// A reward that is NaN or infinite.
+    #[error("row {row}: field {field:?} is not finite ({value})")]
+    NonFinite {
+        /// Row index in input order.
+        row: usize,
+        /// Field name.
+        field: &'static str,
+        /// The offending value.
+        value: f64,
+    },
+    /// A negative token count or step index (only reachable from untyped input).
+    #[error("row {row}: field {field:?} must be non-negative, got {value}")]
+    Negative {
+        /// Row index in input order.
+        row: usize,
+        /// Field name.
+        field: &'static str,
+        /// The offending value.
+        value: i64,
+    },
+    /// The same (trajectory, step) pair twice.
+    #[error("row {row}: trajectory {traj:?} step {step} already appeared at row {first_row}")]
+    DuplicateStep {
+        /// Row index in input order.
+        row: usize,
+        /// Trajectory id.
+        traj: String,
+        /// Step index.
+        step: u32,
+        /// Where it first appeared.
+        first_row: usize,
+    },
+    /// Steps of a trajectory must appear as 0, 1, 2, ... in row order.
+    #[error("row {row}: trajectory {traj:?} expected step {expected}, found step {found}")]
+    StepOutOfOrder {
+        /// Row index in input order.
+        row: usize,
+        /// Trajectory id.
+        traj: String,
+        /// The step that should come next.
+        expected: u32,
+        /// The step given.
+        found: u32,
+    },
+    /// A trajectory id reused in a second task group.
+    #[error("row {row}: trajectory {traj:?} belongs to group {first_group:?}, not {group:?}")]
+    TrajectoryInTwoGroups {
+        /// Row index in input order.
+        row: usize,
+        /// Trajectory id.
+        traj: String,
+        /// Group of its first row.
+        first_group: String,
+        /// Group given on this row.
+        group: String,
+    },
+    /// Rows of one trajectory disagree on its episode reward.
+    #[error("row {row}: trajectory {traj:?} has episode_reward {found}, earlier rows said {expected}")]
+    EpisodeRewardMismatch {
+        /// Row index in input order.
+        row: usize,
+        /// Trajectory id.
+        traj: String,
+        /// Episode reward of the trajectory's first row.
+        expected: f64,
+        /// Episode reward on this row.
+        found: f64,
+    },
+    /// Some rows carry anchor text and others precomputed keys.
+    #[error("row {row}: anchors must be all text or all keys; this row differs from row 0")]
+    MixedAnchors {
+        /// Row index in input order.
+        row: usize,
+    },
+    /// A required field is absent.
+    #[error("row {row}: missing field {field:?}")]
+    MissingField {
+        /// Row index in input order.
+        row: usize,
+        /// Field name.
+        field: &'static str,
+    },
+    /// A group id that the batch does not contain.
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
+    /// An estimator option out of its domain.
+    #[error("invalid parameter {name}: {reason}")]
+    InvalidParameter {
+        /// Parameter name.
+        name: &'static str,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// Similarity grouping compares anchor texts, which key-only batches lack.
+    #[error("similarity grouping needs anchor text, but the batch holds precomputed keys")]
+    SimilarityNeedsText,
+    /// A response longer than the padded width asked for.
+    #[error("row {row}: response of {len} tokens does not fit a padded width of {max_len}")]
+    ResponseTooLong {
+        /// Row index.
+        row: usize,
+        /// Its response length.
+        len: u32,
+        /// The requested width.
+        max_len: usize,
+    },
+    /// Malformed JSON or JSONL input.
+    #[error("{source_name}:{line}: {message}")]
+    Parse {
+        /// File name (or `<input>`).
+        source_name: String,
+        /// 1-based line.
+        line: usize,
+        /// What the parser said.
+        message: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,794 @@
+//! Rollout data: one row per agent step, stored column by column.
+//!
+//! A [`RolloutBatch`] is the only input of the estimators. It is built once,
+//! through [`BatchBuilder`] (from Rust values), [`RolloutBatch::from_columns`]
+//! (from a trainer's parallel arrays) or [`crate::io`] (from JSON/JSONL), and
+//! every check happens there: afterwards the estimators may assume finite
+//! rewards, steps 0..T-1 in order for each trajectory, and one group per
+//! trajectory. Alongside the columns the builder derives the two indices every
+//! estimator needs: the next row of each row's trajectory and the rows of each
+//! task group (a CSR layout), so estimation itself never hashes an id.
+//!
+//! Rows may interleave trajectories (step-major order from a vectorised
+//! environment is fine) as long as each trajectory's steps appear in order.
+
+use ahash::AHashMap;
+
+use crate::error::{Error, Result};
+
+/// Sentinel in [`RolloutBatch::next_rows`] for the last step of a trajectory.
+pub const NO_NEXT: u32 = u32::MAX;
+
+/// The anchor of a step: the text the agent saw before acting, or a state key
+/// the caller computed.
+///
+/// ```
+/// use g2po::Anchor;
+/// let a = Anchor::Text("You are in the kitchen.");
+/// let b = Anchor::Key(42);
+/// assert_ne!(a, b);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anchor<'a> {
+    /// Observation text; hashed (after canonicalisation) into a state key.
+    Text(&'a str),
+    /// A precomputed 64-bit state key, used as is.
+    Key(u64),
+}
+
+/// One step of one trajectory, as given to [`BatchBuilder::push_step`].
+///
+/// ```
+/// use g2po::{Anchor, StepRow};
+/// let row = StepRow {
+///     group: "task-7", traj: "task-7/0", step: 0, anchor: Anchor::Text("start"),
+///     reward: 0.0, episode_reward: 10.0, valid: true, response_len: 12,
+/// };
+/// assert_eq!(row.step, 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepRow<'a> {
+    /// Task group id (the peers' "uid"): the N rollouts of one task share it.
+    pub group: &'a str,
+    /// Trajectory id, unique across the batch.
+    pub traj: &'a str,
+    /// 0-based step index within the trajectory.
+    pub step: u32,
+    /// What identifies the state the agent acted in.
+    pub anchor: Anchor<'a>,
+    /// Env reward of this step (the episode reward on the last step, else 0
+    /// in the peers' setting). Only GiGPO's discounted returns read it.
+    pub reward: f64,
+    /// Episode reward of the trajectory (10 success, 0 failure in the peers).
+    pub episode_reward: f64,
+    /// Whether the action parsed as a valid action.
+    pub valid: bool,
+    /// Number of response tokens the policy generated for this step.
+    pub response_len: u32,
+}
+
+/// One step inside a trajectory, for [`BatchBuilder::push_trajectory`].
+///
+/// ```
+/// use g2po::{Anchor, Step};
+/// let s = Step { anchor: Anchor::Key(7), reward: 0.0, valid: true, response_len: 3 };
+/// assert!(s.valid);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step<'a> {
+    /// What identifies the state the agent acted in.
+    pub anchor: Anchor<'a>,
+    /// Env reward of this step.
+    pub reward: f64,
+    /// Whether the action was valid.
+    pub valid: bool,
+    /// Response tokens generated for this step.
+    pub response_len: u32,
+}
+
+#[derive(Debug, Clone)]
+enum Anchors {
+    Text { data: String, ends: Vec<usize> },
+    Keys(Vec<u64>),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TrajState {
+    group: u32,
+    episode_reward: f64,
+    next_step: u32,
+    first_row: u32,
+    last_row: u32,
+}
+
+/// Incremental, validating constructor of a [`RolloutBatch`].
+///
+/// ```
+/// use g2po::{Anchor, RolloutBatch, Step};
+/// let mut b = RolloutBatch::builder();
+/// let steps = [
+///     Step { anchor: Anchor::Text("hall"), reward: 0.0, valid: true, response_len: 4 },
+///     Step { anchor: Anchor::Text("door"), reward: 10.0, valid: true, response_len: 2 },
+/// ];
+/// b.push_trajectory("task", "t0", 10.0, steps)?;
+/// let batch = b.build()?;
+/// assert_eq!(batch.len(), 2);
+/// # Ok::<(), g2po::Error>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct BatchBuilder {
+    group_ids: Vec<String>,
+    group_lookup: AHashMap<String, u32>,
+    traj_ids: Vec<String>,
+    traj_lookup: AHashMap<String, u32>,
+    trajs: Vec<TrajState>,
+    group: Vec<u32>,
+    traj: Vec<u32>,
+    step: Vec<u32>,
+    anchors: Option<Anchors>,
+    reward: Vec<f64>,
+    episode_reward: Vec<f64>,
+    valid: Vec<bool>,
+    response_len: Vec<u32>,
+    next_row: Vec<u32>,
+}
+
+impl BatchBuilder {
+    /// Number of rows pushed so far.
+    ///
+    /// ```
+    /// assert_eq!(g2po::RolloutBatch::builder().len(), 0);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.group.len()
+    }
+
+    /// Whether no row was pushed yet.
+    ///
+    /// ```
+    /// assert!(g2po::RolloutBatch::builder().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.group.is_empty()
+    }
+
+    /// Appends one row, checking it against the rows before it. On error the
+    /// builder is left unchanged.
+    ///
+    /// ```
+    /// use g2po::{Anchor, Error, RolloutBatch, StepRow};
+    /// let mut b = RolloutBatch::builder();
+    /// let row = StepRow { group: "g", traj: "t", step: 0, anchor: Anchor::Key(1),
+    ///     reward: f64::NAN, episode_reward: 0.0, valid: true, response_len: 1 };
+    /// assert!(matches!(b.push_step(row), Err(Error::NonFinite { row: 0, field: "reward", .. })));
+    /// ```
+    pub fn push_step(&mut self, row: StepRow<'_>) -> Result<()> {
+        let index = self.len();
+        for (field, value) in [("reward", row.reward), ("episode_reward", row.episode_reward)] {
+            if !value.is_finite() {
+                return Err(Error::NonFinite { row: index, field, value });
+            }
+        }
+        match (&self.anchors, row.anchor) {
+            (Some(Anchors::Text { .. }), Anchor::Key(_)) | (Some(Anchors::Keys(_)), Anchor::Text(_)) => {
+                return Err(Error::MixedAnchors { row: index });
+            }
+            _ => {}
+        }
+        if index >= NO_NEXT as usize {
+            return Err(Error::InvalidParameter {
+                name: "rows",
+                reason: format!("a batch holds at most {} rows", NO_NEXT - 1),
+            });
+        }
+        let group = match self.group_lookup.get(row.group) {
+            Some(&g) => g,
+            None => self.group_ids.len() as u32,
+        };
+        let traj = match self.traj_lookup.get(row.traj) {
+            Some(&t) => {
+                let state = self.trajs[t as usize];
+                if state.group != group {
+                    return Err(Error::TrajectoryInTwoGroups {
+                        row: index,
+                        traj: row.traj.to_owned(),
+                        first_group: self.group_ids[state.group as usize].clone(),
+                        group: row.group.to_owned(),
+                    });
+                }
+                if row.step < state.next_step {
+                    return Err(Error::DuplicateStep {
+                        row: index,
+                        traj: row.traj.to_owned(),
+                        step: row.step,
+                        first_row: self.row_of_step(state.first_row, row.step),
+                    });
+                }
+                if row.step != state.next_step {
+                    return Err(Error::StepOutOfOrder {
+                        row: index,
+                        traj: row.traj.to_owned(),
+                        expected: state.next_step,
+                        found: row.step,
+                    });
+                }
+                if state.episode_reward != row.episode_reward {
+                    return Err(Error::EpisodeRewardMismatch {
+                        row: index,
+                        traj: row.traj.to_owned(),
+                        expected: state.episode_reward,
+                        found: row.episode_reward,
+                    });
+                }
+                Some(t)
+            }
+            None => {
+                if row.step != 0 {
+                    return Err(Error::StepOutOfOrder {
+                        row: index,
+                        traj: row.traj.to_owned(),
+                        expected: 0,
+                        found: row.step,
+                    });
+                }
+                None
+            }
+        };
+
+        // All checks passed: from here on nothing fails, so the builder never
+        // holds half a row.
+        if group as usize == self.group_ids.len() {
+            self.group_ids.push(row.group.to_owned());
+            self.group_lookup.insert(row.group.to_owned(), group);
+        }
+        let row_u32 = index as u32;
+        let traj = match traj {
+            Some(t) => {
+                let state = &mut self.trajs[t as usize];
+                self.next_row[state.last_row as usize] = row_u32;
+                state.last_row = row_u32;
+                state.next_step += 1;
+                t
+            }
+            None => {
+                let t = self.traj_ids.len() as u32;
+                self.traj_ids.push(row.traj.to_owned());
+                self.traj_lookup.insert(row.traj.to_owned(), t);
+                self.trajs.push(TrajState {
+                    group,
+                    episode_reward: row.episode_reward,
+                    next_step: 1,
+                    first_row: row_u32,
+                    last_row: row_u32,
+                });
+                t
+            }
+        };
+        match (&mut self.anchors, row.anchor) {
+            (Some(Anchors::Text { data, ends }), Anchor::Text(text)) => {
+                data.push_str(text);
+                ends.push(data.len());
+            }
+            (Some(Anchors::Keys(keys)), Anchor::Key(key)) => keys.push(key),
+            (None, Anchor::Text(text)) => {
+                self.anchors = Some(Anchors::Text { data: text.to_owned(), ends: vec![text.len()] })
+            }
+            (None, Anchor::Key(key)) => self.anchors = Some(Anchors::Keys(vec![key])),
+            _ => unreachable!("mixed anchors were rejected above"),
+        }
+        self.group.push(group);
+        self.traj.push(traj);
+        self.step.push(row.step);
+        self.reward.push(row.reward);
+        self.episode_reward.push(row.episode_reward);
+        self.valid.push(row.valid);
+        self.response_len.push(row.response_len);
+        self.next_row.push(NO_NEXT);
+        Ok(())
+    }
+
+    /// Appends a whole trajectory, its steps numbered 0, 1, ... in order.
+    /// An empty trajectory is an error (it has no rows to carry its reward).
+    ///
+    /// ```
+    /// use g2po::{Anchor, Error, RolloutBatch, Step};
+    /// let mut b = RolloutBatch::builder();
+    /// let err = b.push_trajectory("g", "t", 0.0, Vec::<Step>::new()).unwrap_err();
+    /// assert!(matches!(err, Error::EmptyTrajectory { .. }));
+    /// ```
+    pub fn push_trajectory<'a>(
+        &mut self,
+        group: &str,
+        traj: &str,
+        episode_reward: f64,
+        steps: impl IntoIterator<Item = Step<'a>>,
+    ) -> Result<()> {
+        let mut count = 0u32;
+        for step in steps {
+            self.push_step(StepRow {
+                group,
+                traj,
+                step: count,
+                anchor: step.anchor,
+                reward: step.reward,
+                episode_reward,
+                valid: step.valid,
+                response_len: step.response_len,
+            })?;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(Error::EmptyTrajectory { group: group.to_owned(), traj: traj.to_owned() });
+        }
+        Ok(())
+    }
+
+    /// Finishes the batch and derives its group layout.
+    ///
+    /// ```
+    /// use g2po::{Error, RolloutBatch};
+    /// assert!(matches!(RolloutBatch::builder().build(), Err(Error::EmptyBatch)));
+    /// ```
+    pub fn build(self) -> Result<RolloutBatch> {
+        let Some(anchors) = self.anchors else {
+            return Err(Error::EmptyBatch);
+        };
+        let num_groups = self.group_ids.len();
+        let mut group_offsets = vec![0usize; num_groups + 1];
+        for &g in &self.group {
+            group_offsets[g as usize + 1] += 1;
+        }
+        for g in 0..num_groups {
+            group_offsets[g + 1] += group_offsets[g];
+        }
+        let mut cursor = group_offsets.clone();
+        let mut group_rows = vec![0u32; self.group.len()];
+        for (row, &g) in self.group.iter().enumerate() {
+            group_rows[cursor[g as usize]] = row as u32;
+            cursor[g as usize] += 1;
+        }
+        let groups_contiguous = group_rows.iter().enumerate().all(|(i, &r)| i == r as usize);
+        let traj_len = self.trajs.iter().map(|t| t.next_step).collect();
+        let traj_episode_reward = self.trajs.iter().map(|t| t.episode_reward).collect();
+        let traj_group = self.trajs.iter().map(|t| t.group).collect();
+        Ok(RolloutBatch {
+            group_ids: self.group_ids,
+            traj_ids: self.traj_ids,
+            group: self.group,
+            traj: self.traj,
+            step: self.step,
+            anchors,
+            reward: self.reward,
+            episode_reward: self.episode_reward,
+            valid: self.valid,
+            response_len: self.response_len,
+            next_row: self.next_row,
+            traj_len,
+            traj_episode_reward,
+            traj_group,
+            group_offsets,
+            group_rows,
+            groups_contiguous,
+        })
+    }
+
+    fn row_of_step(&self, first_row: u32, step: u32) -> usize {
+        let mut row = first_row;
+        for _ in 0..step {
+            row = self.next_row[row as usize];
+        }
+        row as usize
+    }
+}
+
+/// Parallel arrays of a trainer's batch, for [`RolloutBatch::from_columns`].
+/// Ids are numbers here; they become the batch's string ids.
+///
+/// ```
+/// use g2po::rollout::{AnchorColumn, Columns};
+/// let cols = Columns {
+///     group: &[0, 0], traj: &[0, 1], step: &[0, 0],
+///     anchor: AnchorColumn::Keys(&[5, 5]), reward: &[10.0, 0.0],
+///     episode_reward: &[10.0, 0.0], valid: &[true, true], response_len: &[3, 4],
+/// };
+/// assert_eq!(cols.group.len(), 2);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Columns<'a> {
+    /// Task group id per row.
+    pub group: &'a [u64],
+    /// Trajectory id per row (unique across the batch).
+    pub traj: &'a [u64],
+    /// Step index per row.
+    pub step: &'a [u32],
+    /// Anchor per row.
+    pub anchor: AnchorColumn<'a>,
+    /// Env reward per row.
+    pub reward: &'a [f64],
+    /// Episode reward per row.
+    pub episode_reward: &'a [f64],
+    /// Action validity per row.
+    pub valid: &'a [bool],
+    /// Response token count per row.
+    pub response_len: &'a [u32],
+}
+
+/// The anchor column of [`Columns`].
+///
+/// ```
+/// use g2po::rollout::AnchorColumn;
+/// let texts = ["a", "b"];
+/// assert!(matches!(AnchorColumn::Text(&texts), AnchorColumn::Text(_)));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub enum AnchorColumn<'a> {
+    /// Observation texts.
+    Text(&'a [&'a str]),
+    /// Precomputed state keys.
+    Keys(&'a [u64]),
+}
+
+/// A validated, columnar batch of rollout rows (see the module docs).
+///
+/// ```
+/// use g2po::{Anchor, RolloutBatch, Step};
+/// let mut b = RolloutBatch::builder();
+/// b.push_trajectory("g", "a", 10.0, [Step { anchor: Anchor::Key(1), reward: 10.0, valid: true, response_len: 2 }])?;
+/// b.push_trajectory("g", "b", 0.0, [Step { anchor: Anchor::Key(1), reward: 0.0, valid: false, response_len: 3 }])?;
+/// let batch = b.build()?;
+/// assert_eq!((batch.len(), batch.num_groups(), batch.num_trajectories()), (2, 1, 2));
+/// assert_eq!(batch.group_rows(0), &[0, 1]);
+/// # Ok::<(), g2po::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct RolloutBatch {
+    group_ids: Vec<String>,
+    traj_ids: Vec<String>,
+    group: Vec<u32>,
+    traj: Vec<u32>,
+    step: Vec<u32>,
+    anchors: Anchors,
+    reward: Vec<f64>,
+    episode_reward: Vec<f64>,
+    valid: Vec<bool>,
+    response_len: Vec<u32>,
+    next_row: Vec<u32>,
+    traj_len: Vec<u32>,
+    traj_episode_reward: Vec<f64>,
+    traj_group: Vec<u32>,
+    group_offsets: Vec<usize>,
+    group_rows: Vec<u32>,
+    groups_contiguous: bool,
+}
+
+impl RolloutBatch {
+    /// A new, empty builder.
+    ///
+    /// ```
+    /// let b = g2po::RolloutBatch::builder();
+    /// assert!(b.is_empty());
+    /// ```
+    pub fn builder() -> BatchBuilder {
+        BatchBuilder::default()
+    }
+
+    /// Builds a batch from parallel arrays, checking their lengths first.
+    ///
+    /// ```
+    /// use g2po::{Error, RolloutBatch};
+    /// use g2po::rollout::{AnchorColumn, Columns};
+    /// let cols = Columns {
+    ///     group: &[0, 0], traj: &[0, 1], step: &[0, 0],
+    ///     anchor: AnchorColumn::Keys(&[5]), reward: &[10.0, 0.0],
+    ///     episode_reward: &[10.0, 0.0], valid: &[true, true], response_len: &[3, 4],
+    /// };
+    /// let err = RolloutBatch::from_columns(cols).unwrap_err();
+    /// assert!(matches!(err, Error::LengthMismatch { field: "anchor", expected: 2, found: 1 }));
+    /// ```
+    pub fn from_columns(columns: Columns<'_>) -> Result<Self> {
+        let rows = columns.group.len();
+        let anchor_len = match columns.anchor {
+            AnchorColumn::Text(t) => t.len(),
+            AnchorColumn::Keys(k) => k.len(),
+        };
+        for (field, len) in [
+            ("traj", columns.traj.len()),
+            ("step", columns.step.len()),
+            ("anchor", anchor_len),
+            ("reward", columns.reward.len()),
+            ("episode_reward", columns.episode_reward.len()),
+            ("valid", columns.valid.len()),
+            ("response_len", columns.response_len.len()),
+        ] {
+            if len != rows {
+                return Err(Error::LengthMismatch { field, expected: rows, found: len });
+            }
+        }
+        let mut builder = BatchBuilder::default();
+        let (mut group_buf, mut traj_buf) = (String::new(), String::new());
+        for row in 0..rows {
+            use std::fmt::Write;
+            group_buf.clear();
+            traj_buf.clear();
+            let _ = write!(group_buf, "{}", columns.group[row]);
+            let _ = write!(traj_buf, "{}", columns.traj[row]);
+            builder.push_step(StepRow {
+                group: &group_buf,
+                traj: &traj_buf,
+                step: columns.step[row],
+                anchor: match columns.anchor {
+                    AnchorColumn::Text(t) => Anchor::Text(t[row]),
+                    AnchorColumn::Keys(k) => Anchor::Key(k[row]),
+                },
+                reward: columns.reward[row],
+                episode_reward: columns.episode_reward[row],
+                valid: columns.valid[row],
+                response_len: columns.response_len[row],
+            })?;
+        }
+        builder.build()
+    }
+
+    /// Number of rows (agent steps).
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert!(batch.len() > 0);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.group.len()
+    }
+
+    /// Always false: an empty batch cannot be built.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert!(!batch.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.group.is_empty()
+    }
+
+    /// Number of task groups.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.num_groups(), 1);
+    /// ```
+    pub fn num_groups(&self) -> usize {
+        self.group_ids.len()
+    }
+
+    /// Number of trajectories.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.num_trajectories(), 2);
+    /// ```
+    pub fn num_trajectories(&self) -> usize {
+        self.traj_ids.len()
+    }
+
+    /// Group ids, indexed by dense group index (first-seen order).
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.group_ids()[0], "task");
+    /// ```
+    pub fn group_ids(&self) -> &[String] {
+        &self.group_ids
+    }
+
+    /// Trajectory ids, indexed by dense trajectory index (first-seen order).
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.traj_ids(), &["win", "lose"]);
+    /// ```
+    pub fn traj_ids(&self) -> &[String] {
+        &self.traj_ids
+    }
+
+    /// Dense group index of a group id.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.group_index_of("task"), Some(0));
+    /// assert_eq!(batch.group_index_of("nope"), None);
+    /// ```
+    pub fn group_index_of(&self, id: &str) -> Option<usize> {
+        self.group_ids.iter().position(|g| g == id)
+    }
+
+    /// Dense group index of every row.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert!(batch.groups().iter().all(|&g| g == 0));
+    /// ```
+    pub fn groups(&self) -> &[u32] {
+        &self.group
+    }
+
+    /// Dense trajectory index of every row.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.trajectories()[0], 0);
+    /// ```
+    pub fn trajectories(&self) -> &[u32] {
+        &self.traj
+    }
+
+    /// Step index of every row.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.steps()[1], 1);
+    /// ```
+    pub fn steps(&self) -> &[u32] {
+        &self.step
+    }
+
+    /// Env reward of every row.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.rewards()[1], 10.0);
+    /// ```
+    pub fn rewards(&self) -> &[f64] {
+        &self.reward
+    }
+
+    /// Episode reward of every row (its trajectory's).
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.episode_rewards()[0], 10.0);
+    /// ```
+    pub fn episode_rewards(&self) -> &[f64] {
+        &self.episode_reward
+    }
+
+    /// Action validity of every row.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert!(batch.valid()[0]);
+    /// ```
+    pub fn valid(&self) -> &[bool] {
+        &self.valid
+    }
+
+    /// Response token count of every row.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.response_lens()[0], 3);
+    /// ```
+    pub fn response_lens(&self) -> &[u32] {
+        &self.response_len
+    }
+
+    /// The row holding the next step of each row's trajectory, or [`NO_NEXT`].
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.next_rows()[0], 1);
+    /// assert_eq!(batch.next_rows()[1], g2po::rollout::NO_NEXT);
+    /// ```
+    pub fn next_rows(&self) -> &[u32] {
+        &self.next_row
+    }
+
+    /// Number of steps of each trajectory.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.trajectory_lens(), &[2, 2]);
+    /// ```
+    pub fn trajectory_lens(&self) -> &[u32] {
+        &self.traj_len
+    }
+
+    /// Episode reward of each trajectory.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.trajectory_rewards(), &[10.0, 0.0]);
+    /// ```
+    pub fn trajectory_rewards(&self) -> &[f64] {
+        &self.traj_episode_reward
+    }
+
+    /// Dense group index of each trajectory.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.trajectory_groups(), &[0, 0]);
+    /// ```
+    pub fn trajectory_groups(&self) -> &[u32] {
+        &self.traj_group
+    }
+
+    /// The rows of group `group`, in row order.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.group_rows(0), &[0, 1, 2, 3]);
+    /// ```
+    pub fn group_rows(&self, group: usize) -> &[u32] {
+        &self.group_rows[self.group_offsets[group]..self.group_offsets[group + 1]]
+    }
+
+    /// CSR offsets of [`Self::group_rows`]: group g owns entries
+    /// `offsets[g]..offsets[g + 1]` of [`Self::rows_by_group`].
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.group_offsets(), &[0, 4]);
+    /// ```
+    pub fn group_offsets(&self) -> &[usize] {
+        &self.group_offsets
+    }
+
+    /// All rows ordered by group (stable within a group).
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.rows_by_group().len(), batch.len());
+    /// ```
+    pub fn rows_by_group(&self) -> &[u32] {
+        &self.group_rows
+    }
+
+    /// Whether every group's rows are contiguous in row order (then
+    /// [`Self::rows_by_group`] is the identity).
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert!(batch.groups_contiguous());
+    /// ```
+    pub fn groups_contiguous(&self) -> bool {
+        self.groups_contiguous
+    }
+
+    /// Whether anchors are texts (as opposed to precomputed keys).
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert!(batch.has_text());
+    /// ```
+    pub fn has_text(&self) -> bool {
+        matches!(self.anchors, Anchors::Text { .. })
+    }
+
+    /// The anchor of one row.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert_eq!(batch.anchor(0), g2po::Anchor::Text("hall"));
+    /// ```
+    pub fn anchor(&self, row: usize) -> Anchor<'_> {
+        match &self.anchors {
+            Anchors::Text { data, ends } => {
+                let start = if row == 0 { 0 } else { ends[row - 1] };
+                Anchor::Text(&data[start..ends[row]])
+            }
+            Anchors::Keys(keys) => Anchor::Key(keys[row]),
+        }
+    }
+
+    /// The precomputed keys, if the batch was built from keys.
+    ///
+    /// ```
+    /// # let batch = g2po::doc_batch();
+    /// assert!(batch.keys().is_none());
+    /// ```
+    pub fn keys(&self) -> Option<&[u64]> {
+        match &self.anchors {
+            Anchors::Keys(keys) => Some(keys),
+            Anchors::Text { .. } => None,
+        }
+    }
+}
