@@ -1,1 +1,255 @@
-fn main() {}
+//! The `g2po` command-line tool.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use g2po::graph::StateGraph;
+use g2po::keys::StateKeyer;
+use g2po::{AdvantageEstimator, Estimator, EstimatorConfig, EstimatorKind, Grouping, Normalization, StatsOver};
+
+#[derive(Parser)]
+#[command(name = "g2po", version, about = "Graph-based advantage estimation (GRPO, GiGPO, G2PO) for LLM agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compute per-row advantages of a rollout file (JSONL rows or a conformance-vector file).
+    Advantages(AdvantagesArgs),
+    /// Draw the state graph of one task group.
+    Graph(GraphArgs),
+}
+
+#[derive(Args)]
+struct EstimatorArgs {
+    /// Estimator; defaults to the vector file's, else g2po.
+    #[arg(long, value_parser = parse_kind)]
+    estimator: Option<EstimatorKind>,
+    /// Discount gamma.
+    #[arg(long)]
+    gamma: Option<f64>,
+    /// Epsilon added to the std.
+    #[arg(long)]
+    epsilon: Option<f64>,
+    /// mean_std_norm or mean_norm.
+    #[arg(long, value_parser = parse_norm)]
+    mode: Option<Normalization>,
+    /// Weight w of the step / graph terms.
+    #[arg(long)]
+    step_weight: Option<f64>,
+    /// Penalty p for an invalid action.
+    #[arg(long)]
+    invalid_penalty: Option<f64>,
+    /// Episode statistics over rows or trajectories.
+    #[arg(long, value_parser = parse_stats)]
+    stats_over: Option<StatsOver>,
+    /// Fuse states by difflib similarity at this threshold instead of exact keys.
+    #[arg(long)]
+    similarity: Option<f64>,
+    /// Canonicalise anchor text before hashing.
+    #[arg(long, value_enum, default_value_t = Canon::None)]
+    canonicalize: Canon,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Canon {
+    /// Hash the text as it is.
+    None,
+    /// Strip turn prefixes and move counters, collapse whitespace.
+    TextEnv,
+}
+
+fn parse_kind(s: &str) -> Result<EstimatorKind, String> {
+    s.parse().map_err(|e: g2po::Error| e.to_string())
+}
+fn parse_norm(s: &str) -> Result<Normalization, String> {
+    s.parse().map_err(|e: g2po::Error| e.to_string())
+}
+fn parse_stats(s: &str) -> Result<StatsOver, String> {
+    s.parse().map_err(|e: g2po::Error| e.to_string())
+}
+
+impl EstimatorArgs {
+    /// Flags override the file's header, which overrides the defaults.
+    fn config(&self, header: Option<&EstimatorConfig>) -> EstimatorConfig {
+        let kind = self.estimator.or(header.map(|h| h.kind)).unwrap_or(EstimatorKind::G2po);
+        let mut cfg = match header {
+            Some(h) => EstimatorConfig { kind, ..*h },
+            None => EstimatorConfig::new(kind),
+        };
+        cfg.gamma = self.gamma.unwrap_or(cfg.gamma);
+        cfg.epsilon = self.epsilon.unwrap_or(cfg.epsilon);
+        cfg.norm = self.mode.unwrap_or(cfg.norm);
+        cfg.step_weight = self.step_weight.unwrap_or(cfg.step_weight);
+        cfg.invalid_penalty = self.invalid_penalty.unwrap_or(cfg.invalid_penalty);
+        cfg.stats_over = self.stats_over.unwrap_or(cfg.stats_over);
+        if let Some(threshold) = self.similarity {
+            cfg.grouping = Grouping::Similarity { threshold };
+        }
+        cfg
+    }
+
+    fn estimator(&self, config: EstimatorConfig) -> g2po::Result<Estimator> {
+        let keyer = match self.canonicalize {
+            Canon::None => StateKeyer::new(),
+            Canon::TextEnv => StateKeyer::text_env(),
+        };
+        Ok(Estimator::new(config)?.with_keyer(keyer))
+    }
+}
+
+#[derive(Args)]
+struct AdvantagesArgs {
+    /// Rollout rows: JSONL, or a conformance-vector JSON file.
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write the JSONL advantages ("-" for stdout).
+    #[arg(long, default_value = "-")]
+    output: PathBuf,
+    /// Compare with the vector file's expected rows (tolerance 1e-4); exit 1 on a mismatch.
+    #[arg(long)]
+    check: bool,
+    /// How many groups to summarise on stderr.
+    #[arg(long, default_value_t = 8)]
+    summary_groups: usize,
+    #[command(flatten)]
+    estimator: EstimatorArgs,
+}
+
+#[derive(Args)]
+struct GraphArgs {
+    /// Rollout rows: JSONL, or a conformance-vector JSON file.
+    #[arg(long)]
+    input: PathBuf,
+    /// Task group id.
+    #[arg(long)]
+    group: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+    format: GraphFormat,
+    /// Where to write it ("-" for stdout).
+    #[arg(long, default_value = "-")]
+    output: PathBuf,
+    #[command(flatten)]
+    estimator: EstimatorArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Json,
+}
+
+fn open_output(path: &PathBuf) -> g2po::Result<Box<dyn Write>> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::BufWriter::new(std::io::stdout().lock())));
+    }
+    let file =
+        std::fs::File::create(path).map_err(|source| g2po::Error::Io { path: path.display().to_string(), source })?;
+    Ok(Box::new(std::io::BufWriter::new(file)))
+}
+
+fn io_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> g2po::Error + '_ {
+    move |source| g2po::Error::Io { path: path.display().to_string(), source }
+}
+
+fn advantages(args: &AdvantagesArgs) -> g2po::Result<bool> {
+    let input = g2po::io::read_path(&args.input)?;
+    let config = args.estimator.config(input.header.as_ref().map(|h| &h.config));
+    let estimator = args.estimator.estimator(config)?;
+    let adv = estimator.estimate(&input.batch)?;
+    let mut out = open_output(&args.output)?;
+    g2po::io::write_jsonl(&adv, &mut out).and_then(|_| out.flush()).map_err(io_err(&args.output))?;
+
+    let batch = &input.batch;
+    eprintln!(
+        "{}: {} rows, {} trajectories, {} groups",
+        estimator.name(),
+        batch.len(),
+        batch.num_trajectories(),
+        batch.num_groups()
+    );
+    // The graph summary always describes the G2PO state graph, whatever the
+    // estimator, because it is what tells a user whether states overlap.
+    let graph_adv = if config.kind == EstimatorKind::G2po {
+        adv.clone()
+    } else {
+        args.estimator.estimator(EstimatorConfig { kind: EstimatorKind::G2po, ..config })?.estimate(batch)?
+    };
+    for group in 0..batch.num_groups().min(args.summary_groups) {
+        let s = StateGraph::build(batch, &graph_adv, group)?.stats();
+        eprintln!(
+            "  group {}: {} rows, {} states, {} edges, {:.2} visits/state, {:.0}% single-visit rows, {} self-loops, {}",
+            batch.group_ids()[group],
+            s.rows,
+            s.states,
+            s.edges,
+            s.mean_visits_per_node,
+            100.0 * s.single_visit_fraction,
+            s.self_loops,
+            if s.has_cycles { "cycles" } else { "acyclic" }
+        );
+    }
+    if batch.num_groups() > args.summary_groups {
+        eprintln!("  ... {} more groups", batch.num_groups() - args.summary_groups);
+    }
+    if args.check {
+        let Some(header) = &input.header else {
+            return Err(g2po::Error::InvalidParameter {
+                name: "check",
+                reason: "--check needs a conformance-vector file with expected rows".into(),
+            });
+        };
+        let cmp = g2po::io::compare(&adv, &header.expected);
+        let ok = cmp.passes(1e-4);
+        eprintln!(
+            "check: {} values compared, max abs error {:.3e}{}, {} id mismatches, {} problems: {}",
+            cmp.compared,
+            cmp.max_abs_error,
+            cmp.worst.map(|(r, f)| format!(" (row {r}, {f})")).unwrap_or_default(),
+            cmp.id_mismatches.len(),
+            cmp.problems.len(),
+            if ok { "PASS" } else { "FAIL" }
+        );
+        return Ok(ok);
+    }
+    Ok(true)
+}
+
+fn graph(args: &GraphArgs) -> g2po::Result<bool> {
+    let input = g2po::io::read_path(&args.input)?;
+    let config = EstimatorConfig {
+        kind: EstimatorKind::G2po,
+        ..args.estimator.config(input.header.as_ref().map(|h| &h.config))
+    };
+    let adv = args.estimator.estimator(config)?.estimate(&input.batch)?;
+    let group = input.batch.group_index_of(&args.group).ok_or_else(|| g2po::Error::UnknownGroup(args.group.clone()))?;
+    let graph = StateGraph::build(&input.batch, &adv, group)?;
+    let text = match args.format {
+        GraphFormat::Dot => graph.to_dot(),
+        GraphFormat::Json => format!("{:#}\n", graph.to_json()),
+    };
+    let mut out = open_output(&args.output)?;
+    out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(io_err(&args.output))?;
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Advantages(args) => advantages(args),
+        Command::Graph(args) => graph(args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
