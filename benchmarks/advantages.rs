@@ -1,1 +1,150 @@
-fn main() {}
+//! Throughput and memory of the advantage engine on synthetic batches shaped
+//! like the issue's workload: G groups x 8 rollouts x 50 steps, about half of
+//! the states shared within a group, anchors of about 270 characters.
+//!
+//! Run: `cargo bench --bench advantages` (set `G2PO_BENCH_QUICK=1` for a short
+//! run). After the timings it prints the extra heap memory one estimate
+//! allocates per row, measured with a counting allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use g2po::{AdvantageEstimator, Anchor, Estimator, EstimatorConfig, EstimatorKind, RolloutBatch, StepRow};
+use rand::{Rng, SeedableRng};
+
+/// Counts live heap bytes and their peak, so the bench can report the extra
+/// memory of one estimate.
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let live = LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed) + layout.size() as isize;
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            let delta = new_size as isize - layout.size() as isize;
+            let live = LIVE.fetch_add(delta, Ordering::Relaxed) + delta;
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const ROLLOUTS: usize = 8;
+const STEPS: usize = 50;
+const SHARED_STATES: usize = 40;
+
+fn observation(group: usize, state: usize) -> String {
+    // About 270 characters, like an ALFWorld observation; the ids sit at the
+    // end so hashing must read the whole text to tell states apart.
+    let mut text = String::with_capacity(280);
+    text.push_str(
+        "You are in the middle of a room. Looking quickly around you, you see a cabinet 1, a countertop 1, \
+         a drawer 2, a fridge 1, a garbagecan 1, a microwave 1, a shelf 3, a sinkbasin 1, a stoveburner 4, \
+         and a toaster 1. Your task is to: put a clean mug in coffeemachine. ",
+    );
+    text.push_str(&format!("[task {group:05} state {state:07}]"));
+    text
+}
+
+/// G groups x 8 rollouts x 50 steps; each step is a shared state of its group
+/// with probability 1/2, else a state no other row visits.
+fn synthetic(groups: usize, as_keys: bool, keyer: &g2po::keys::StateKeyer) -> RolloutBatch {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut b = RolloutBatch::builder();
+    let mut unique = SHARED_STATES;
+    for g in 0..groups {
+        let group = format!("g{g}");
+        for r in 0..ROLLOUTS {
+            let traj = format!("g{g}/r{r}");
+            let reward = if rng.random_bool(0.4) { 10.0 } else { 0.0 };
+            for t in 0..STEPS {
+                let state = if rng.random_bool(0.5) {
+                    rng.random_range(0..SHARED_STATES)
+                } else {
+                    unique += 1;
+                    unique
+                };
+                let text = observation(g, state);
+                let anchor = if as_keys { Anchor::Key(keyer.key(&text)) } else { Anchor::Text(&text) };
+                b.push_step(StepRow {
+                    group: &group,
+                    traj: &traj,
+                    step: t as u32,
+                    anchor,
+                    reward: if t + 1 == STEPS { reward } else { 0.0 },
+                    episode_reward: reward,
+                    valid: rng.random_bool(0.95),
+                    response_len: rng.random_range(10..60),
+                })
+                .expect("valid synthetic row");
+            }
+        }
+    }
+    b.build().expect("valid synthetic batch")
+}
+
+fn extra_bytes_per_row(estimator: &Estimator, batch: &RolloutBatch) -> f64 {
+    let before = LIVE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let adv = estimator.estimate(batch).expect("estimate");
+    let peak = PEAK.load(Ordering::Relaxed);
+    drop(adv);
+    (peak - before) as f64 / batch.len() as f64
+}
+
+fn main() {
+    let quick = std::env::var_os("G2PO_BENCH_QUICK").is_some();
+    let mut criterion = Criterion::default().configure_from_args();
+    if quick {
+        criterion = criterion
+            .sample_size(10)
+            .warm_up_time(std::time::Duration::from_millis(300))
+            .measurement_time(std::time::Duration::from_secs(1));
+    }
+    let keyer = g2po::keys::StateKeyer::new();
+    let sizes: &[usize] = if quick { &[16, 256] } else { &[16, 64, 256, 1024] };
+    let mut memory = Vec::new();
+    for &groups in sizes {
+        let text = synthetic(groups, false, &keyer);
+        let keys = synthetic(groups, true, &keyer);
+        let rows = text.len() as u64;
+        let mut group = criterion.benchmark_group(format!("advantages/G={groups}"));
+        group.throughput(Throughput::Elements(rows));
+        for (name, kind, batch) in [
+            ("g2po_text", EstimatorKind::G2po, &text),
+            ("g2po_keys", EstimatorKind::G2po, &keys),
+            ("gigpo_text", EstimatorKind::Gigpo, &text),
+            ("gigpo_keys", EstimatorKind::Gigpo, &keys),
+            ("grpo", EstimatorKind::Grpo, &keys),
+        ] {
+            let estimator = Estimator::new(EstimatorConfig::new(kind)).expect("config");
+            group.bench_with_input(BenchmarkId::from_parameter(name), batch, |b, batch| {
+                b.iter(|| estimator.estimate(batch).expect("estimate"))
+            });
+            memory.push((groups, name, extra_bytes_per_row(&estimator, batch)));
+        }
+        group.finish();
+    }
+    criterion.final_summary();
+    println!("\nextra heap memory of one estimate (peak bytes per row):");
+    for (groups, name, bytes) in memory {
+        println!("  G={groups:<5} {name:<11} {bytes:>7.1} B/row");
+    }
+}
