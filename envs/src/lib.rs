@@ -39,6 +39,8 @@
 //! assert!(out.valid && !out.done);
 //! ```
 
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::str::FromStr;
 

@@ -126,17 +126,23 @@ pub fn solve(
     // Transitions and policy are fixed over h, so tabulate them once.
     let mut trans: Vec<Vec<(usize, bool)>> = Vec::with_capacity(n);
     let mut probs: Vec<Vec<f64>> = Vec::with_capacity(n);
-    for s in 0..n {
+    for (s, acts) in actions.iter().enumerate() {
         if env.is_goal(s) {
             trans.push(Vec::new());
             probs.push(Vec::new());
             continue;
         }
-        let t = (0..actions[s].len())
+        let t = (0..acts.len())
             .map(|a| env.transition(s, a))
             .collect::<Result<Vec<_>, _>>()?;
+        // A buggy implementation must not make the solver index out of bounds.
+        if let Some(&(next, _)) = t.iter().find(|(next, _)| *next >= n) {
+            return Err(EnvError::InvalidSolverArgument(format!(
+                "transition from state {s} leads to {next}, beyond {n} states"
+            )));
+        }
         let p = policy(s);
-        check_distribution(s, &p, actions[s].len())?;
+        check_distribution(s, &p, acts.len())?;
         trans.push(t);
         probs.push(p);
     }
@@ -582,6 +588,48 @@ mod tests {
         ));
         assert!(gt.q(0, 2, 1).is_err());
         assert!(gt.v(3, 1).is_err());
+    }
+
+    /// A deliberately broken tabular env: configurable keys and an out-of-range transition.
+    struct Broken {
+        dup_keys: bool,
+    }
+    impl Tabular for Broken {
+        fn num_states(&self) -> usize {
+            2
+        }
+        fn state_index(&self) -> usize {
+            0
+        }
+        fn actions(&self, _: usize) -> Vec<String> {
+            vec!["go".into()]
+        }
+        fn transition(&self, _: usize, _: usize) -> Result<(usize, bool), EnvError> {
+            Ok((5, false))
+        }
+        fn start_state(&self, _: u64) -> usize {
+            0
+        }
+        fn observation_key(&self, s: usize) -> u64 {
+            if self.dup_keys { 1 } else { s as u64 }
+        }
+        fn is_goal(&self, _: usize) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn broken_tabular_envs_are_rejected() {
+        let p = |_: usize| vec![1.0];
+        for dup_keys in [true, false] {
+            assert!(matches!(
+                solve(&Broken { dup_keys }, &p, 2, 0.9, 1.0),
+                Err(EnvError::InvalidSolverArgument(_))
+            ));
+        }
+        let b = Broken { dup_keys: false };
+        assert_eq!(distances_to_goal(&b), vec![None, None]);
+        assert_eq!(shortest_path_policy(&b), vec![vec![1.0], vec![1.0]]);
     }
 
     #[test]
