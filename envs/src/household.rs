@@ -12,10 +12,10 @@
 //!
 //! | type | goal sentence | optimal steps |
 //! |---|---|---|
-//! | pick-and-place | `put a book on the desk.` | 3–5 |
-//! | heat-then-place | `put a hot apple on the diningtable.` | 5–7 |
-//! | cool-then-place | `put a cold mug in the drawer.` | 5–7 |
-//! | clean-then-place | `put a clean plate on the sofa.` | 5–7 |
+//! | pick-and-place | `put a book on the desk.` | 4–6 |
+//! | heat-then-place | `put a hot apple on the diningtable.` | 6–8 |
+//! | cool-then-place | `put a cold mug in the drawer.` | 6–8 |
+//! | clean-then-place | `put a clean plate on the sofa.` | 6–8 |
 //!
 //! (go to the object, open its container if closed, take it, go to the appliance and use it,
 //! go to the target, open it if closed, put.) Commands: `go to X`, `open X`, `close X`,
@@ -301,7 +301,7 @@ impl Household {
     /// let mut env = Household::default();
     /// env.reset(11);
     /// let plan = env.optimal_plan().unwrap();
-    /// assert!((3..=8).contains(&plan.len()));
+    /// assert!((4..=8).contains(&plan.len()));
     /// ```
     pub fn optimal_plan(&self) -> Option<Vec<String>> {
         if self.goal_holds(&self.state) {
@@ -703,7 +703,7 @@ mod tests {
                     bfs.len(),
                     "{tt} seed {seed}: {plan:?} vs {bfs:?}"
                 );
-                assert!((3..=8).contains(&plan.len()));
+                assert!((4..=8).contains(&plan.len()));
                 let n = plan.len();
                 for (i, a) in plan.iter().enumerate() {
                     let out = env.step(a);
@@ -831,7 +831,7 @@ mod tests {
         }
         assert!(goals.len() > 30);
         assert_eq!(starts.len(), 60);
-        assert!(lens.len() >= 3 && lens.iter().all(|l| (3..=8).contains(l)));
+        assert!(lens.len() >= 3 && lens.iter().all(|l| (4..=8).contains(l)));
     }
 
     #[test]

@@ -286,6 +286,22 @@ pub fn make_env_with_seed(kind: EnvKind, env_seed: u64) -> Box<dyn Environment> 
     }
 }
 
+/// The exact tabular model of `kind`, with the same default sizes as [`make_env`], for
+/// computing ground truth with [`solve`]; `None` for the text worlds, which are not tabular.
+///
+/// ```
+/// use g2po_envs::{make_tabular, EnvKind};
+/// assert_eq!(make_tabular(EnvKind::Chain).unwrap().num_states(), 7);
+/// assert!(make_tabular(EnvKind::Household).is_none());
+/// ```
+pub fn make_tabular(kind: EnvKind) -> Option<Box<dyn Tabular>> {
+    match kind {
+        EnvKind::Chain => Some(Box::new(Chain::default())),
+        EnvKind::LostRobot => Some(Box::new(LostRobot::default())),
+        EnvKind::Household | EnvKind::LowOverlap => None,
+    }
+}
+
 /// 64-bit FNV-1a over bytes: a stable, dependency-free hash for state keys.
 ///
 /// Stable across platforms and Rust versions (unlike `DefaultHasher`), so keys can be
@@ -333,6 +349,17 @@ mod tests {
             if k != EnvKind::LowOverlap {
                 assert_eq!(out.observation.key, obs.key);
             }
+        }
+    }
+
+    #[test]
+    fn make_tabular_agrees_with_make_env() {
+        for k in [EnvKind::Chain, EnvKind::LostRobot] {
+            let t = make_tabular(k).unwrap();
+            let mut env = make_env(k);
+            let obs = env.reset(0);
+            assert_eq!(obs.key, t.observation_key(t.start_state(0)));
+            assert_eq!(obs.admissible, t.actions(t.start_state(0)));
         }
     }
 
