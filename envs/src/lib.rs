@@ -194,6 +194,7 @@ pub enum EnvError {
 /// assert_eq!(k.to_string(), "low-overlap");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")] // same names as Display/FromStr
 pub enum EnvKind {
     /// [`Chain`].
     Chain,
