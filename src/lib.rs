@@ -12,4 +12,6 @@
 //! See `docs/architecture.md` for the data flow and `../shared/SPEC.md` for the
 //! mathematics.
 
+pub mod curriculum;
 pub mod learner;
+pub mod policy;
