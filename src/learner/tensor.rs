@@ -291,14 +291,34 @@ impl FusedGrpoLoss {
                 .ok_or_else(|| LearnerError::BadInput("fused forward did not run".into()))?;
             Ok((loss, diagnostics))
         } else {
-            let host = host_values("logp", logp, self.rows, self.max_len)?;
-            let out = self.run(&host)?;
-            let g = Tensor::from_vec(out.grad_logp, (self.rows, self.max_len), logp.device())?.to_dtype(logp.dtype())?;
-            let detached = logp.detach();
-            let lin = ((logp - &detached)? * g)?.sum_all()?;
-            let loss = (lin + out.loss)?;
-            Ok((loss, out.diagnostics))
+            self.apply_linearised(logp)
         }
+    }
+
+    /// The device-independent form of [`FusedGrpoLoss::apply`]: evaluates the
+    /// fused loss on a host copy of `logp` and returns
+    /// `loss0 + sum(g * (logp - detach(logp)))`, whose value is the fused loss
+    /// and whose gradient with respect to `logp` is the fused gradient.
+    ///
+    /// ```
+    /// use candle_core::{Device, Var};
+    /// use g2po::learner::{LossConfig, tensor::FusedGrpoLoss};
+    /// let logp = Var::new(&[[-1.0f32, -2.0]], &Device::Cpu).unwrap();
+    /// let op = FusedGrpoLoss::new(1, 2, vec![-1.0, -2.0], vec![], vec![1.0, 1.0], vec![],
+    ///     vec![1.0, 1.0], LossConfig::default()).unwrap();
+    /// let (loss, _) = op.apply_linearised(logp.as_tensor()).unwrap();
+    /// assert!((loss.to_scalar::<f32>().unwrap() + 1.0).abs() < 1e-6);
+    /// let g = loss.backward().unwrap().get(&logp).unwrap().to_vec2::<f32>().unwrap();
+    /// assert_eq!(g, vec![vec![-0.5, -0.5]]);
+    /// ```
+    pub fn apply_linearised(self, logp: &Tensor) -> Result<(Tensor, LossDiagnostics)> {
+        let host = host_values("logp", logp, self.rows, self.max_len)?;
+        let out = self.run(&host)?;
+        let g = Tensor::from_vec(out.grad_logp, (self.rows, self.max_len), logp.device())?.to_dtype(logp.dtype())?;
+        let detached = logp.detach();
+        let lin = ((logp - &detached)? * g)?.sum_all()?;
+        let loss = (lin + out.loss)?;
+        Ok((loss, out.diagnostics))
     }
 }
 
