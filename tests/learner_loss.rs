@@ -447,6 +447,11 @@ fn fused_equals_candle_ops_and_custom_op() {
             for (a, b) in g_op.iter().zip(&fused.grad_logp) {
                 assert!((a - 3.0 * b).abs() <= 1e-6 * (1.0 + b.abs()));
             }
+            // The raw custom op (no pre-evaluation by `apply`) agrees too.
+            let loss_raw = logp.as_tensor().apply_op1(op()).unwrap();
+            assert!(close(f64::from(loss_raw.to_scalar::<f32>().unwrap()), fused.loss, 1e-6));
+            let g_raw = loss_raw.backward().unwrap().get(&logp).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(g_raw, fused.grad_logp);
             // The device-independent linearised form agrees as well.
             let (loss_lin, _) = op().apply_linearised(logp.as_tensor()).unwrap();
             assert!(close(f64::from(loss_lin.to_scalar::<f32>().unwrap()), fused.loss, 1e-6));

@@ -185,6 +185,7 @@ pub fn grpo_loss_tensors(t: &LossTensors<'_>, config: &LossConfig) -> Result<(Te
 /// pass needs no second evaluation.
 #[derive(Debug, Default)]
 struct FusedSlot {
+    loss: Option<f64>,
     grad: Option<Vec<f32>>,
     diagnostics: Option<LossDiagnostics>,
 }
@@ -284,11 +285,14 @@ impl FusedGrpoLoss {
             )));
         }
         if logp.device().is_cpu() {
-            let slot = Arc::clone(&self.slot);
+            // Evaluate here rather than inside the op so that bad inputs come
+            // back as typed errors (the op can only return candle errors); the
+            // op's forward and backward then reuse this evaluation.
+            let host = host_values("logp", logp, self.rows, self.max_len)?;
+            let out = self.run(&host)?;
+            let diagnostics = out.diagnostics;
+            *lock(&self.slot) = FusedSlot { loss: Some(out.loss), grad: Some(out.grad_logp), diagnostics: Some(diagnostics) };
             let loss = logp.apply_op1(self)?;
-            let diagnostics = lock(&slot)
-                .diagnostics
-                .ok_or_else(|| LearnerError::BadInput("fused forward did not run".into()))?;
             Ok((loss, diagnostics))
         } else {
             self.apply_linearised(logp)
@@ -337,22 +341,31 @@ impl CustomOp1 for FusedGrpoLoss {
         let (start, end) = layout
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("fused-grpo-loss needs a contiguous logp".into()))?;
-        let (logp, is_f64): (Vec<f32>, bool) = match storage {
-            CpuStorage::F32(v) => (v[start..end].to_vec(), false),
-            CpuStorage::F64(v) => (v[start..end].iter().map(|&x| x as f32).collect(), true),
+        let is_f64 = match storage {
+            CpuStorage::F32(_) => false,
+            CpuStorage::F64(_) => true,
             other => {
                 return Err(candle_core::Error::UnsupportedDTypeForOp(other.dtype(), "fused-grpo-loss"));
             }
         };
-        let out = self.run(&logp).map_err(candle_core::Error::wrap)?;
         let mut slot = lock(&self.slot);
-        slot.grad = Some(out.grad_logp);
-        slot.diagnostics = Some(out.diagnostics);
-        let storage = if is_f64 {
-            CpuStorage::F64(vec![out.loss])
-        } else {
-            CpuStorage::F32(vec![out.loss as f32])
+        let loss = match slot.loss {
+            // Filled by `apply` for exactly this `logp`.
+            Some(loss) => loss,
+            None => {
+                let logp: Vec<f32> = match storage {
+                    CpuStorage::F64(v) => v[start..end].iter().map(|&x| x as f32).collect(),
+                    CpuStorage::F32(v) => v[start..end].to_vec(),
+                    _ => Vec::new(),
+                };
+                let out = self.run(&logp).map_err(candle_core::Error::wrap)?;
+                slot.grad = Some(out.grad_logp);
+                slot.diagnostics = Some(out.diagnostics);
+                slot.loss = Some(out.loss);
+                out.loss
+            }
         };
+        let storage = if is_f64 { CpuStorage::F64(vec![loss]) } else { CpuStorage::F32(vec![loss as f32]) };
         Ok((storage, Shape::from(())))
     }
 
