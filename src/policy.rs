@@ -47,7 +47,12 @@ pub const RESERVED_TOKENS: u32 = 2;
 
 /// Fixed ahash seeds: the tokenizer must map a word to the same id in every
 /// run, so the hasher cannot be randomly keyed.
-const HASH_SEEDS: [u64; 4] = [0x9e37_79b9_7f4a_7c15, 0xbf58_476d_1ce4_e5b9, 0x94d0_49bb_1331_11eb, 0x2545_f491_4f6c_dd1d];
+const HASH_SEEDS: [u64; 4] = [
+    0x9e37_79b9_7f4a_7c15,
+    0xbf58_476d_1ce4_e5b9,
+    0x94d0_49bb_1331_11eb,
+    0x2545_f491_4f6c_dd1d,
+];
 
 /// Sizes of the policy.
 ///
@@ -71,7 +76,12 @@ pub struct PolicyConfig {
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        Self { vocab: 4096, hidden: 64, max_action_tokens: 16, max_observation_tokens: 256 }
+        Self {
+            vocab: 4096,
+            hidden: 64,
+            max_action_tokens: 16,
+            max_observation_tokens: 256,
+        }
     }
 }
 
@@ -124,7 +134,10 @@ fn words(text: &str) -> Vec<String> {
 
 fn validate(config: &PolicyConfig) -> Result<()> {
     if config.vocab < RESERVED_TOKENS as usize + 1 || config.vocab > u32::MAX as usize {
-        return Err(LearnerError::BadConfig(format!("vocab must be in 3..=2^32-1, got {}", config.vocab)));
+        return Err(LearnerError::BadConfig(format!(
+            "vocab must be in 3..=2^32-1, got {}",
+            config.vocab
+        )));
     }
     if config.hidden == 0 || config.max_action_tokens == 0 || config.max_observation_tokens == 0 {
         return Err(LearnerError::BadConfig(
@@ -151,13 +164,19 @@ impl Policy {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut uniform = |shape: &[usize], bound: f64| -> Result<Var> {
             let n: usize = shape.iter().product();
-            let data: Vec<f32> = (0..n).map(|_| (rng.random::<f64>() * 2.0 - 1.0) * bound).map(|x| x as f32).collect();
+            let data: Vec<f32> = (0..n)
+                .map(|_| (rng.random::<f64>() * 2.0 - 1.0) * bound)
+                .map(|x| x as f32)
+                .collect();
             Ok(Var::from_tensor(&Tensor::from_vec(data, shape, device)?)?)
         };
         let lin = 1.0 / (h as f64).sqrt();
         let varmap = VarMap::new();
         {
-            let mut data = varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut data = varmap
+                .data()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             data.insert("obs_emb.weight".into(), uniform(&[v, h], 1.0)?);
             data.insert("obs_proj.weight".into(), uniform(&[h, h], lin)?);
             data.insert("obs_proj.bias".into(), uniform(&[h], lin)?);
@@ -179,7 +198,12 @@ impl Policy {
             config,
             device: device.clone(),
             varmap,
-            hasher: ahash::RandomState::with_seeds(HASH_SEEDS[0], HASH_SEEDS[1], HASH_SEEDS[2], HASH_SEEDS[3]),
+            hasher: ahash::RandomState::with_seeds(
+                HASH_SEEDS[0],
+                HASH_SEEDS[1],
+                HASH_SEEDS[2],
+                HASH_SEEDS[3],
+            ),
         })
     }
 
@@ -219,8 +243,15 @@ impl Policy {
     pub fn clone_frozen(&self) -> Result<Self> {
         let varmap = VarMap::new();
         {
-            let src = self.varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut dst = varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let src = self
+                .varmap
+                .data()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut dst = varmap
+                .data()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (name, var) in src.iter() {
                 dst.insert(name.clone(), Var::from_tensor(&var.as_tensor().copy()?)?);
             }
@@ -297,7 +328,11 @@ impl Policy {
         }
         let ids = Tensor::from_vec(ids, (u, lo), &self.device)?;
         let weights = Tensor::from_vec(weights, (u, lo, 1), &self.device)?;
-        let bag = self.obs_emb.forward(&ids)?.broadcast_mul(&weights)?.sum(1)?;
+        let bag = self
+            .obs_emb
+            .forward(&ids)?
+            .broadcast_mul(&weights)?
+            .sum(1)?;
         let enc = self.obs_proj.forward(&bag)?.tanh()?;
         Ok((enc, row_map))
     }
@@ -322,7 +357,12 @@ impl Policy {
     /// let v = logp.to_vec2::<f32>().unwrap();
     /// assert!(v[0].iter().all(|&x| x < 0.0));
     /// ```
-    pub fn token_logps(&self, observations: &[&str], actions: &[&[u32]], max_len: usize) -> Result<(Tensor, Tensor)> {
+    pub fn token_logps(
+        &self,
+        observations: &[&str],
+        actions: &[&[u32]],
+        max_len: usize,
+    ) -> Result<(Tensor, Tensor)> {
         if observations.len() != actions.len() {
             return Err(LearnerError::BadInput(format!(
                 "{} observations but {} actions",
@@ -331,14 +371,19 @@ impl Policy {
             )));
         }
         if observations.is_empty() || max_len == 0 {
-            return Err(LearnerError::BadInput("token_logps needs at least one row and max_len > 0".into()));
+            return Err(LearnerError::BadInput(
+                "token_logps needs at least one row and max_len > 0".into(),
+            ));
         }
         let rows = actions.len();
         let mut prev = vec![BOS; rows * max_len];
         let mut target = vec![BOS; rows * max_len];
         for (r, a) in actions.iter().enumerate() {
             if a.len() > max_len {
-                return Err(LearnerError::BadInput(format!("action {r} has {} tokens > max_len {max_len}", a.len())));
+                return Err(LearnerError::BadInput(format!(
+                    "action {r} has {} tokens > max_len {max_len}",
+                    a.len()
+                )));
             }
             for (j, &t) in a.iter().enumerate() {
                 if t as usize >= self.config.vocab {
@@ -366,9 +411,9 @@ impl Policy {
         Ok((logp, entropy))
     }
 
-    /// Sequence scores (sum of token log-probabilities) of every admissible
-    /// action, with their tokens and per-token log-probabilities.
-    fn score(&self, observation: &str, admissible: &[String]) -> Result<Vec<(f64, Vec<u32>, Vec<f32>)>> {
+    /// Scores (sum of token log-probabilities) of every admissible action,
+    /// with their tokens and per-token log-probabilities.
+    fn score(&self, observation: &str, admissible: &[String]) -> Result<Vec<Scored>> {
         if admissible.is_empty() {
             return Err(LearnerError::BadInput("no admissible action".into()));
         }
@@ -381,9 +426,13 @@ impl Policy {
         Ok(tokens
             .into_iter()
             .zip(logp)
-            .map(|(t, row)| {
-                let lp = row[..t.len()].to_vec();
-                (lp.iter().map(|&x| f64::from(x)).sum(), t, lp)
+            .map(|(tokens, row)| {
+                let logps = row[..tokens.len()].to_vec();
+                Scored {
+                    score: logps.iter().map(|&x| f64::from(x)).sum(),
+                    tokens,
+                    logps,
+                }
             })
             .collect())
     }
@@ -404,26 +453,31 @@ impl Policy {
     /// assert_eq!(a.tokens, p.tokenize_action(&acts[a.index]));
     /// assert_eq!(a.logps.len(), a.tokens.len());
     /// ```
-    pub fn act(&self, observation: &str, admissible: &[String], temperature: f64, rng: &mut impl Rng) -> Result<Action> {
-        if !(temperature.is_finite() && temperature > 0.0) {
-            return Err(LearnerError::BadInput(format!("temperature must be finite and > 0, got {temperature}")));
-        }
+    pub fn act(
+        &self,
+        observation: &str,
+        admissible: &[String],
+        temperature: f64,
+        rng: &mut impl Rng,
+    ) -> Result<Action> {
+        check_temperature(temperature)?;
         let scored = self.score(observation, admissible)?;
-        let z: Vec<f64> = scored.iter().map(|(s, _, _)| s / temperature).collect();
-        let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let w: Vec<f64> = z.iter().map(|x| (x - max).exp()).collect();
-        let total: f64 = w.iter().sum();
-        let mut u = rng.random::<f64>() * total;
-        let mut index = w.len() - 1;
-        for (i, wi) in w.iter().enumerate() {
-            if u < *wi {
+        let probs = softmax(&scored, temperature);
+        let mut u = rng.random::<f64>();
+        let mut index = probs.len() - 1;
+        for (i, p) in probs.iter().enumerate() {
+            if u < *p {
                 index = i;
                 break;
             }
-            u -= wi;
+            u -= p;
         }
-        let (_, tokens, logps) = scored.into_iter().nth(index).unwrap_or_default();
-        Ok(Action { index, tokens, logps })
+        let Scored { tokens, logps, .. } = scored.into_iter().nth(index).unwrap_or_default();
+        Ok(Action {
+            index,
+            tokens,
+            logps,
+        })
     }
 
     /// Index of the highest-scoring admissible action (the first on ties).
@@ -438,8 +492,8 @@ impl Policy {
     pub fn greedy(&self, observation: &str, admissible: &[String]) -> Result<usize> {
         let scored = self.score(observation, admissible)?;
         let mut best = 0;
-        for (i, (s, _, _)) in scored.iter().enumerate() {
-            if *s > scored[best].0 {
+        for (i, s) in scored.iter().enumerate() {
+            if s.score > scored[best].score {
                 best = i;
             }
         }
@@ -455,14 +509,40 @@ impl Policy {
     /// let pr = p.action_probs("a hall", &["north".to_string(), "south".to_string()], 1.0).unwrap();
     /// assert!((pr.iter().sum::<f64>() - 1.0).abs() < 1e-9);
     /// ```
-    pub fn action_probs(&self, observation: &str, admissible: &[String], temperature: f64) -> Result<Vec<f64>> {
-        if !(temperature.is_finite() && temperature > 0.0) {
-            return Err(LearnerError::BadInput(format!("temperature must be finite and > 0, got {temperature}")));
-        }
-        let z: Vec<f64> = self.score(observation, admissible)?.iter().map(|(s, _, _)| s / temperature).collect();
-        let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let w: Vec<f64> = z.iter().map(|x| (x - max).exp()).collect();
-        let total: f64 = w.iter().sum();
-        Ok(w.into_iter().map(|x| x / total).collect())
+    pub fn action_probs(
+        &self,
+        observation: &str,
+        admissible: &[String],
+        temperature: f64,
+    ) -> Result<Vec<f64>> {
+        check_temperature(temperature)?;
+        Ok(softmax(&self.score(observation, admissible)?, temperature))
     }
+}
+
+/// One admissible action's score, tokens and per-token log-probabilities.
+#[derive(Default)]
+struct Scored {
+    score: f64,
+    tokens: Vec<u32>,
+    logps: Vec<f32>,
+}
+
+fn check_temperature(temperature: f64) -> Result<()> {
+    if temperature.is_finite() && temperature > 0.0 {
+        Ok(())
+    } else {
+        Err(LearnerError::BadInput(format!(
+            "temperature must be finite and > 0, got {temperature}"
+        )))
+    }
+}
+
+/// `softmax(score / temperature)`, shifted by the maximum for stability.
+fn softmax(scored: &[Scored], temperature: f64) -> Vec<f64> {
+    let z: Vec<f64> = scored.iter().map(|s| s.score / temperature).collect();
+    let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = z.iter().map(|x| (x - max).exp()).collect();
+    let total: f64 = w.iter().sum();
+    w.into_iter().map(|x| x / total).collect()
 }
