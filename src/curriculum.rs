@@ -7,7 +7,7 @@
 //! first step after a checkpoint at global step `g` is `g + 1`, which lands in
 //! stage `g / S`, as the published code does).
 //!
-//! Command-line forms (parsed by [`FromStr`](std::str::FromStr) and printed
+//! Command-line forms (parsed by [`FromStr`] and printed
 //! back by `Display`):
 //!
 //! | form | meaning |
