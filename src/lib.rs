@@ -27,12 +27,14 @@
 //! mathematics.
 
 pub mod broadcast;
+pub mod curriculum;
 pub mod error;
 pub mod estimators;
 pub mod graph;
 pub mod io;
 pub mod keys;
 pub mod learner;
+pub mod policy;
 pub mod rollout;
 
 pub use error::{Error, Result};

@@ -23,6 +23,8 @@ pub enum LossAggregation {
     /// Sum over all masked tokens of the mini-batch divided by their count.
     TokenMean,
     /// Per sequence the sum over its tokens, then the mean over sequences.
+    /// (In every seq-mean mode, rows without any masked token are left out of
+    /// the mean over sequences, as in current verl.)
     SeqMeanTokenSum,
     /// Per sequence the mean over its tokens, then the mean over sequences.
     SeqMeanTokenMean,
@@ -94,11 +96,15 @@ pub struct LossInputs<'a> {
 pub struct LossDiagnostics {
     /// The policy-gradient part of the loss (aggregated).
     pub policy_loss: f64,
-    /// Fraction of tokens whose clipped term was the active one.
+    /// Fraction of masked tokens whose clipped term was the active one
+    /// (strictly larger than the unclipped one; verl's `pg_clipfrac`).
     pub clip_fraction: f64,
-    /// Fraction of negative-advantage tokens where the dual clip bound was active.
+    /// Fraction of masked tokens that have a negative advantage and where the
+    /// dual-clip bound was active (verl's `pg_clipfrac_lower`; the denominator
+    /// is all masked tokens, not only the negative-advantage ones).
     pub dual_clip_fraction: f64,
-    /// Approximate KL to the sampling policy: mean of `logp_old - logp`.
+    /// Approximate KL to the sampling policy: mean over masked tokens of
+    /// `logp_old - logp` (the log-ratio after its [-20, 20] clamp).
     pub approx_kl_old: f64,
     /// KL to the reference policy with the configured estimator (aggregated);
     /// 0 when no KL is configured.

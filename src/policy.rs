@@ -1,0 +1,548 @@
+//! A small candle policy for text agents that behaves like an LLM choosing an
+//! action by generating it.
+//!
+//! Design. Real agent policies are LLMs: the action is a token sequence and
+//! the learner works on per-token log-probabilities. To exercise exactly that
+//! code path on a CPU in seconds, this policy
+//!
+//! * hashes words of the text (alphanumeric runs, lower-cased, and single
+//!   punctuation characters) into a fixed vocabulary with `ahash` under fixed
+//!   seeds, so that no tokenizer file is needed and ids are reproducible
+//!   (ahash's output is fixed for one build and target; it is not a portable
+//!   file format);
+//! * encodes the observation as a bag of words (mean embedding, one linear
+//!   layer, tanh);
+//! * generates each action token from a log-softmax over the vocabulary
+//!   conditioned on the observation encoding and the previous action token
+//!   (a first-order "language model"), ending every action with [`EOS`] so
+//!   that an action is not scored like its own prefix;
+//! * scores an admissible action by the sum of its token log-probabilities and
+//!   samples among the admissible actions with probability proportional to
+//!   `exp(score / temperature)`.
+//!
+//! [`Policy::token_logps`] evaluates any number of (observation, action) rows
+//! in one batched forward (observations are deduplicated first, since many
+//! rows share one), which is what the learner differentiates.
+//!
+//! Parameters are initialised from a ChaCha8 stream seeded by the caller (not
+//! candle's unseeded initialisers), so two policies built with one seed are
+//! identical.
+
+use std::collections::HashMap;
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use candle_nn::{Embedding, Linear, Module, VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::learner::LearnerError;
+use crate::learner::error::Result;
+
+/// Token id that stands for "no previous action token" (start of an action).
+pub const BOS: u32 = 0;
+/// Token id that ends every action.
+pub const EOS: u32 = 1;
+/// Number of reserved ids before the hashed word buckets.
+pub const RESERVED_TOKENS: u32 = 2;
+
+/// Fixed ahash seeds: the tokenizer must map a word to the same id in every
+/// run, so the hasher cannot be randomly keyed.
+const HASH_SEEDS: [u64; 4] = [
+    0x9e37_79b9_7f4a_7c15,
+    0xbf58_476d_1ce4_e5b9,
+    0x94d0_49bb_1331_11eb,
+    0x2545_f491_4f6c_dd1d,
+];
+
+/// Sizes of the policy.
+///
+/// ```
+/// let c = g2po::policy::PolicyConfig::default();
+/// assert_eq!(c.vocab, 4096);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PolicyConfig {
+    /// Vocabulary size including the reserved ids (at least 3).
+    pub vocab: usize,
+    /// Width of embeddings and hidden states.
+    pub hidden: usize,
+    /// Most tokens of one action, [`EOS`] included (at least 1); longer
+    /// actions are truncated.
+    pub max_action_tokens: usize,
+    /// Most observation words read (the rest are ignored), bounding the
+    /// encoder's memory on long observations.
+    pub max_observation_tokens: usize,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            vocab: 4096,
+            hidden: 64,
+            max_action_tokens: 16,
+            max_observation_tokens: 256,
+        }
+    }
+}
+
+/// One sampled action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action {
+    /// Index into the admissible list.
+    pub index: usize,
+    /// Token ids of the action ([`EOS`]-terminated).
+    pub tokens: Vec<u32>,
+    /// Per-token log-probabilities of `tokens` under the policy that sampled
+    /// it (the learner's `logp_old`).
+    pub logps: Vec<f32>,
+}
+
+/// The text policy (see the module docs).
+pub struct Policy {
+    config: PolicyConfig,
+    device: Device,
+    varmap: VarMap,
+    obs_emb: Embedding,
+    obs_proj: Linear,
+    prev_emb: Embedding,
+    out: Linear,
+    hasher: ahash::RandomState,
+}
+
+/// Splits text into lower-cased alphanumeric runs and single punctuation
+/// characters; whitespace separates.
+fn words(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for ch in text.chars() {
+        if ch.is_alphanumeric() {
+            cur.extend(ch.to_lowercase());
+        } else {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            if !ch.is_whitespace() {
+                out.push(ch.to_string());
+            }
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn validate(config: &PolicyConfig) -> Result<()> {
+    if config.vocab < RESERVED_TOKENS as usize + 1 || config.vocab > u32::MAX as usize {
+        return Err(LearnerError::BadConfig(format!(
+            "vocab must be in 3..=2^32-1, got {}",
+            config.vocab
+        )));
+    }
+    if config.hidden == 0 || config.max_action_tokens == 0 || config.max_observation_tokens == 0 {
+        return Err(LearnerError::BadConfig(
+            "hidden, max_action_tokens and max_observation_tokens must be positive".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Policy {
+    /// Builds a policy with parameters drawn from a ChaCha8 stream seeded by
+    /// `seed`.
+    ///
+    /// ```
+    /// use candle_core::Device;
+    /// use g2po::policy::{Policy, PolicyConfig};
+    /// let c = PolicyConfig { vocab: 64, hidden: 8, ..PolicyConfig::default() };
+    /// let p = Policy::new(&c, &Device::Cpu, 7).unwrap();
+    /// assert_eq!(p.varmap().all_vars().len(), 6);
+    /// ```
+    pub fn new(config: &PolicyConfig, device: &Device, seed: u64) -> Result<Self> {
+        validate(config)?;
+        let (v, h) = (config.vocab, config.hidden);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut uniform = |shape: &[usize], bound: f64| -> Result<Var> {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = (0..n)
+                .map(|_| (rng.random::<f64>() * 2.0 - 1.0) * bound)
+                .map(|x| x as f32)
+                .collect();
+            Ok(Var::from_tensor(&Tensor::from_vec(data, shape, device)?)?)
+        };
+        let lin = 1.0 / (h as f64).sqrt();
+        let varmap = VarMap::new();
+        {
+            let mut data = varmap
+                .data()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            data.insert("obs_emb.weight".into(), uniform(&[v, h], 1.0)?);
+            data.insert("obs_proj.weight".into(), uniform(&[h, h], lin)?);
+            data.insert("obs_proj.bias".into(), uniform(&[h], lin)?);
+            data.insert("prev_emb.weight".into(), uniform(&[v, h], 1.0)?);
+            data.insert("out.weight".into(), uniform(&[v, h], lin)?);
+            data.insert("out.bias".into(), Var::zeros(v, DType::F32, device)?);
+        }
+        Self::from_varmap(*config, device, varmap)
+    }
+
+    fn from_varmap(config: PolicyConfig, device: &Device, varmap: VarMap) -> Result<Self> {
+        let (v, h) = (config.vocab, config.hidden);
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        Ok(Self {
+            obs_emb: candle_nn::embedding(v, h, vb.pp("obs_emb"))?,
+            obs_proj: candle_nn::linear(h, h, vb.pp("obs_proj"))?,
+            prev_emb: candle_nn::embedding(v, h, vb.pp("prev_emb"))?,
+            out: candle_nn::linear(h, v, vb.pp("out"))?,
+            config,
+            device: device.clone(),
+            varmap,
+            hasher: ahash::RandomState::with_seeds(
+                HASH_SEEDS[0],
+                HASH_SEEDS[1],
+                HASH_SEEDS[2],
+                HASH_SEEDS[3],
+            ),
+        })
+    }
+
+    /// The sizes this policy was built with.
+    ///
+    /// ```
+    /// # use g2po::policy::{Policy, PolicyConfig};
+    /// let c = PolicyConfig { vocab: 32, hidden: 4, ..PolicyConfig::default() };
+    /// let p = Policy::new(&c, &candle_core::Device::Cpu, 0).unwrap();
+    /// assert_eq!(p.config(), &c);
+    /// ```
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    /// The trainable parameters (what an optimiser updates).
+    ///
+    /// ```
+    /// # use g2po::policy::{Policy, PolicyConfig};
+    /// let p = Policy::new(&PolicyConfig { vocab: 32, hidden: 4, ..Default::default() }, &candle_core::Device::Cpu, 0).unwrap();
+    /// assert!(p.varmap().data().lock().unwrap().contains_key("out.weight"));
+    /// ```
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// A deep copy with its own parameters (for the frozen reference or the
+    /// old policy): later updates of `self` do not change it.
+    ///
+    /// ```
+    /// # use g2po::policy::{Policy, PolicyConfig};
+    /// let p = Policy::new(&PolicyConfig { vocab: 32, hidden: 4, ..Default::default() }, &candle_core::Device::Cpu, 0).unwrap();
+    /// let q = p.clone_frozen().unwrap();
+    /// let a = ["go north".to_string(), "go south".to_string()];
+    /// assert_eq!(p.greedy("a room", &a).unwrap(), q.greedy("a room", &a).unwrap());
+    /// ```
+    pub fn clone_frozen(&self) -> Result<Self> {
+        let varmap = VarMap::new();
+        {
+            let src = self
+                .varmap
+                .data()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut dst = varmap
+                .data()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (name, var) in src.iter() {
+                dst.insert(name.clone(), Var::from_tensor(&var.as_tensor().copy()?)?);
+            }
+        }
+        Self::from_varmap(self.config, &self.device, varmap)
+    }
+
+    fn word_id(&self, word: &str) -> u32 {
+        let buckets = (self.config.vocab - RESERVED_TOKENS as usize) as u64;
+        RESERVED_TOKENS + (self.hasher.hash_one(word) % buckets) as u32
+    }
+
+    /// Token ids of an observation (at most `max_observation_tokens`).
+    ///
+    /// ```
+    /// # use g2po::policy::{Policy, PolicyConfig};
+    /// let p = Policy::new(&PolicyConfig { vocab: 4096, hidden: 4, ..Default::default() }, &candle_core::Device::Cpu, 0).unwrap();
+    /// assert_eq!(p.tokenize_observation("You see a Key."), p.tokenize_observation("you  see a key ."));
+    /// assert_eq!(p.tokenize_observation("You see a Key.").len(), 5);
+    /// ```
+    pub fn tokenize_observation(&self, text: &str) -> Vec<u32> {
+        words(text)
+            .iter()
+            .take(self.config.max_observation_tokens)
+            .map(|w| self.word_id(w))
+            .collect()
+    }
+
+    /// Token ids of an action: its words (at most `max_action_tokens - 1`)
+    /// followed by [`EOS`].
+    ///
+    /// ```
+    /// # use g2po::policy::{Policy, PolicyConfig, EOS};
+    /// let p = Policy::new(&PolicyConfig { vocab: 4096, hidden: 4, ..Default::default() }, &candle_core::Device::Cpu, 0).unwrap();
+    /// let t = p.tokenize_action("take key");
+    /// assert_eq!(t.len(), 3);
+    /// assert_eq!(*t.last().unwrap(), EOS);
+    /// assert_eq!(p.tokenize_action(""), vec![EOS]);
+    /// ```
+    pub fn tokenize_action(&self, text: &str) -> Vec<u32> {
+        let mut ids: Vec<u32> = words(text)
+            .iter()
+            .take(self.config.max_action_tokens - 1)
+            .map(|w| self.word_id(w))
+            .collect();
+        ids.push(EOS);
+        ids
+    }
+
+    /// Encodes distinct observations: `[unique, hidden]` plus, per row, the
+    /// index of its observation.
+    fn encode_observations(&self, observations: &[&str]) -> Result<(Tensor, Vec<u32>)> {
+        let mut index: HashMap<&str, u32> = HashMap::new();
+        let mut unique: Vec<Vec<u32>> = Vec::new();
+        let mut row_map = Vec::with_capacity(observations.len());
+        for &o in observations {
+            let next = unique.len() as u32;
+            let id = *index.entry(o).or_insert_with(|| {
+                unique.push(self.tokenize_observation(o));
+                next
+            });
+            row_map.push(id);
+        }
+        let u = unique.len();
+        let lo = unique.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut ids = vec![BOS; u * lo];
+        let mut weights = vec![0.0f32; u * lo];
+        for (r, toks) in unique.iter().enumerate() {
+            for (j, &t) in toks.iter().enumerate() {
+                ids[r * lo + j] = t;
+                // Mean over the words; an empty observation encodes to zeros.
+                weights[r * lo + j] = 1.0 / toks.len() as f32;
+            }
+        }
+        let ids = Tensor::from_vec(ids, (u, lo), &self.device)?;
+        let weights = Tensor::from_vec(weights, (u, lo, 1), &self.device)?;
+        let bag = self
+            .obs_emb
+            .forward(&ids)?
+            .broadcast_mul(&weights)?
+            .sum(1)?;
+        let enc = self.obs_proj.forward(&bag)?.tanh()?;
+        Ok((enc, row_map))
+    }
+
+    /// Per-token log-probabilities and entropies of `rows` (observation,
+    /// action token ids) pairs as `[rows, max_len]` tensors, in one batched
+    /// forward. The log-probabilities are differentiable with respect to the
+    /// parameters. Positions past an action's length hold finite filler
+    /// values; callers mask them.
+    ///
+    /// Errors: different numbers of observations and actions, no rows, an
+    /// action longer than `max_len`, or a token id outside the vocabulary.
+    ///
+    /// ```
+    /// # use g2po::policy::{Policy, PolicyConfig};
+    /// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 1).unwrap();
+    /// let a = p.tokenize_action("open door");
+    /// let b = p.tokenize_action("wait");
+    /// let (logp, ent) = p.token_logps(&["hall", "hall"], &[&a, &b], 3).unwrap();
+    /// assert_eq!(logp.dims(), &[2, 3]);
+    /// assert_eq!(ent.dims(), &[2, 3]);
+    /// let v = logp.to_vec2::<f32>().unwrap();
+    /// assert!(v[0].iter().all(|&x| x < 0.0));
+    /// ```
+    pub fn token_logps(
+        &self,
+        observations: &[&str],
+        actions: &[&[u32]],
+        max_len: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        if observations.len() != actions.len() {
+            return Err(LearnerError::BadInput(format!(
+                "{} observations but {} actions",
+                observations.len(),
+                actions.len()
+            )));
+        }
+        if observations.is_empty() || max_len == 0 {
+            return Err(LearnerError::BadInput(
+                "token_logps needs at least one row and max_len > 0".into(),
+            ));
+        }
+        let rows = actions.len();
+        let mut prev = vec![BOS; rows * max_len];
+        let mut target = vec![BOS; rows * max_len];
+        for (r, a) in actions.iter().enumerate() {
+            if a.len() > max_len {
+                return Err(LearnerError::BadInput(format!(
+                    "action {r} has {} tokens > max_len {max_len}",
+                    a.len()
+                )));
+            }
+            for (j, &t) in a.iter().enumerate() {
+                if t as usize >= self.config.vocab {
+                    return Err(LearnerError::BadInput(format!(
+                        "token id {t} in action {r} is outside the vocabulary of {}",
+                        self.config.vocab
+                    )));
+                }
+                target[r * max_len + j] = t;
+                if j + 1 < max_len {
+                    prev[r * max_len + j + 1] = t;
+                }
+            }
+        }
+        let (enc, row_map) = self.encode_observations(observations)?;
+        let row_map = Tensor::from_vec(row_map, rows, &self.device)?;
+        let enc = enc.index_select(&row_map, 0)?.unsqueeze(1)?; // [rows, 1, h]
+        let prev = Tensor::from_vec(prev, (rows, max_len), &self.device)?;
+        let hidden = self.prev_emb.forward(&prev)?.broadcast_add(&enc)?.tanh()?; // [rows, L, h]
+        let logits = self.out.forward(&hidden)?; // [rows, L, V]
+        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let target = Tensor::from_vec(target, (rows, max_len, 1), &self.device)?;
+        let logp = log_probs.gather(&target, 2)?.squeeze(2)?;
+        let entropy = (log_probs.exp()? * &log_probs)?.sum(D::Minus1)?.neg()?;
+        Ok((logp, entropy))
+    }
+
+    /// Scores (sum of token log-probabilities) of every admissible action,
+    /// with their tokens and per-token log-probabilities.
+    fn score(&self, observation: &str, admissible: &[String]) -> Result<Vec<Scored>> {
+        if admissible.is_empty() {
+            return Err(LearnerError::BadInput("no admissible action".into()));
+        }
+        let tokens: Vec<Vec<u32>> = admissible.iter().map(|a| self.tokenize_action(a)).collect();
+        let max_len = tokens.iter().map(Vec::len).max().unwrap_or(1);
+        let obs = vec![observation; tokens.len()];
+        let refs: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
+        let (logp, _) = self.token_logps(&obs, &refs, max_len)?;
+        let logp = logp.to_vec2::<f32>()?;
+        Ok(tokens
+            .into_iter()
+            .zip(logp)
+            .map(|(tokens, row)| {
+                let logps = row[..tokens.len()].to_vec();
+                Scored {
+                    score: logps.iter().map(|&x| f64::from(x)).sum(),
+                    tokens,
+                    logps,
+                }
+            })
+            .collect())
+    }
+
+    /// Samples an admissible action with probability proportional to
+    /// `exp(score / temperature)`, where the score is the sum of the action's
+    /// token log-probabilities. `temperature` must be finite and positive
+    /// (use [`Policy::greedy`] for the argmax).
+    ///
+    /// ```
+    /// use rand::SeedableRng;
+    /// # use g2po::policy::{Policy, PolicyConfig};
+    /// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 1).unwrap();
+    /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    /// let acts = vec!["north".to_string(), "south".to_string()];
+    /// let a = p.act("a hall", &acts, 1.0, &mut rng).unwrap();
+    /// assert!(a.index < 2);
+    /// assert_eq!(a.tokens, p.tokenize_action(&acts[a.index]));
+    /// assert_eq!(a.logps.len(), a.tokens.len());
+    /// ```
+    pub fn act(
+        &self,
+        observation: &str,
+        admissible: &[String],
+        temperature: f64,
+        rng: &mut impl Rng,
+    ) -> Result<Action> {
+        check_temperature(temperature)?;
+        let scored = self.score(observation, admissible)?;
+        let probs = softmax(&scored, temperature);
+        let mut u = rng.random::<f64>();
+        let mut index = probs.len() - 1;
+        for (i, p) in probs.iter().enumerate() {
+            if u < *p {
+                index = i;
+                break;
+            }
+            u -= p;
+        }
+        let Scored { tokens, logps, .. } = scored.into_iter().nth(index).unwrap_or_default();
+        Ok(Action {
+            index,
+            tokens,
+            logps,
+        })
+    }
+
+    /// Index of the highest-scoring admissible action (the first on ties).
+    ///
+    /// ```
+    /// # use g2po::policy::{Policy, PolicyConfig};
+    /// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 1).unwrap();
+    /// let i = p.greedy("a hall", &["north".to_string(), "south".to_string()]).unwrap();
+    /// assert!(i < 2);
+    /// assert!(p.greedy("a hall", &[]).is_err());
+    /// ```
+    pub fn greedy(&self, observation: &str, admissible: &[String]) -> Result<usize> {
+        let scored = self.score(observation, admissible)?;
+        let mut best = 0;
+        for (i, s) in scored.iter().enumerate() {
+            if s.score > scored[best].score {
+                best = i;
+            }
+        }
+        Ok(best)
+    }
+
+    /// Probabilities `softmax(score / temperature)` over the admissible
+    /// actions (what [`Policy::act`] samples from).
+    ///
+    /// ```
+    /// # use g2po::policy::{Policy, PolicyConfig};
+    /// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 1).unwrap();
+    /// let pr = p.action_probs("a hall", &["north".to_string(), "south".to_string()], 1.0).unwrap();
+    /// assert!((pr.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    /// ```
+    pub fn action_probs(
+        &self,
+        observation: &str,
+        admissible: &[String],
+        temperature: f64,
+    ) -> Result<Vec<f64>> {
+        check_temperature(temperature)?;
+        Ok(softmax(&self.score(observation, admissible)?, temperature))
+    }
+}
+
+/// One admissible action's score, tokens and per-token log-probabilities.
+#[derive(Default)]
+struct Scored {
+    score: f64,
+    tokens: Vec<u32>,
+    logps: Vec<f32>,
+}
+
+fn check_temperature(temperature: f64) -> Result<()> {
+    if temperature.is_finite() && temperature > 0.0 {
+        Ok(())
+    } else {
+        Err(LearnerError::BadInput(format!(
+            "temperature must be finite and > 0, got {temperature}"
+        )))
+    }
+}
+
+/// `softmax(score / temperature)`, shifted by the maximum for stability.
+fn softmax(scored: &[Scored], temperature: f64) -> Vec<f64> {
+    let z: Vec<f64> = scored.iter().map(|s| s.score / temperature).collect();
+    let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = z.iter().map(|x| (x - max).exp()).collect();
+    let total: f64 = w.iter().sum();
+    w.into_iter().map(|x| x / total).collect()
+}
