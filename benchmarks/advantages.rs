@@ -111,7 +111,8 @@ fn extra_bytes_per_row(estimator: &Estimator, batch: &RolloutBatch) -> f64 {
 
 fn main() {
     let quick = std::env::var_os("G2PO_BENCH_QUICK").is_some();
-    let mut criterion = Criterion::default().configure_from_args();
+    // No plots: this machine has no fonts for criterion's plotters backend.
+    let mut criterion = Criterion::default().without_plots().configure_from_args();
     if quick {
         criterion = criterion
             .sample_size(10)

@@ -600,6 +600,8 @@ struct Scratch {
     node_value: Vec<f64>,
     stats: NodeStats,
     traj_rewards: Vec<f64>,
+    /// gamma^k for k = 0, 1, ...; grown on demand (gamma is fixed per estimate).
+    gamma_pow: Vec<f64>,
 }
 
 /// Per-node count, sum, mean and unbiased std of a per-row quantity.
@@ -783,6 +785,17 @@ impl GroupContext<'_> {
     fn g2po(&self, rows: &[u32], start: u32, num_nodes: u32, out: &mut Block<'_>, s: &mut Scratch) {
         let b = self.batch;
         let cfg = self.cfg;
+        let gamma_pow = &mut s.gamma_pow;
+        if gamma_pow.is_empty() {
+            gamma_pow.push(1.0);
+        }
+        for &r in rows {
+            let traj = b.trajectories()[r as usize] as usize;
+            let len = b.trajectory_lens()[traj] as usize;
+            while gamma_pow.len() <= len {
+                gamma_pow.push(gamma_pow[gamma_pow.len() - 1] * cfg.gamma);
+            }
+        }
         let nodes = &s.node;
         let stats = &mut s.stats;
         // Node values: mean of gamma^(T - t) * R over every visit.
@@ -790,7 +803,7 @@ impl GroupContext<'_> {
             let r = rows[i] as usize;
             let traj = b.trajectories()[r] as usize;
             let remaining = b.trajectory_lens()[traj] - b.steps()[r];
-            cfg.gamma.powi(remaining as i32) * b.episode_rewards()[r]
+            gamma_pow[remaining as usize] * b.episode_rewards()[r]
         });
         let values = &mut s.node_value;
         values.clear();
