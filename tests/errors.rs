@@ -156,9 +156,12 @@ fn non_finite_rewards() {
 
 #[test]
 fn negative_response_len_and_step_in_jsonl() {
-    let text = [jsonl_line("t", 0, |_| {}), jsonl_line("t", 1, |o| {
-        o.insert("response_len".into(), (-4).into());
-    })]
+    let text = [
+        jsonl_line("t", 0, |_| {}),
+        jsonl_line("t", 1, |o| {
+            o.insert("response_len".into(), (-4).into());
+        }),
+    ]
     .join("\n");
     assert!(matches!(parse(&text), Err(Error::Negative { row: 1, field: "response_len", value: -4 })));
     let text = [jsonl_line("t", 0, |_| {}), jsonl_line("u", -1, |_| {})].join("\n");
@@ -259,9 +262,12 @@ fn mixed_anchors() {
 #[test]
 fn missing_fields_in_jsonl() {
     for field in ["group", "traj", "step", "reward", "episode_reward", "is_action_valid", "response_len", "obs"] {
-        let text = [jsonl_line("t", 0, |_| {}), jsonl_line("t", 1, |o| {
-            o.remove(field);
-        })]
+        let text = [
+            jsonl_line("t", 0, |_| {}),
+            jsonl_line("t", 1, |o| {
+                o.remove(field);
+            }),
+        ]
         .join("\n");
         match parse(&text) {
             Err(Error::MissingField { row: 1, field: f }) => assert_eq!(f, field),
@@ -269,9 +275,12 @@ fn missing_fields_in_jsonl() {
         }
     }
     // Same inside a vector file.
-    let doc = format!(r#"{{"estimator": "grpo", "steps": [{}]}}"#, jsonl_line("t", 0, |o| {
-        o.remove("reward");
-    }));
+    let doc = format!(
+        r#"{{"estimator": "grpo", "steps": [{}]}}"#,
+        jsonl_line("t", 0, |o| {
+            o.remove("reward");
+        })
+    );
     assert!(matches!(parse(&doc), Err(Error::MissingField { row: 0, field: "reward" })));
 }
 
@@ -566,8 +575,8 @@ fn group_with_one_trajectory() {
             Normalization::MeanStd => [-std::f64::consts::FRAC_1_SQRT_2, 0.0, std::f64::consts::FRAC_1_SQRT_2],
             Normalization::Mean => [-0.4875, 0.0, 0.4875],
         };
-        for i in 0..3 {
-            assert!((gigpo.step[i] as f64 - want[i]).abs() < 1e-5, "{norm:?} {:?}", gigpo.step);
+        for (got, want) in gigpo.step.iter().zip(want) {
+            assert!((*got as f64 - want).abs() < 1e-5, "{norm:?} {:?}", gigpo.step);
         }
         // G2PO: s0 visits v = 0.95^3*10 = 8.57375 and 0.95*10 = 9.5 -> V(s0) = 9.036875;
         // V(s1) = 0.95^2*10 = 9.025. Next values: row0 -> s1 9.025, row1 -> s0 9.036875,
@@ -577,10 +586,10 @@ fn group_with_one_trajectory() {
         assert_eq!(g2po.next_node, vec![1, 0, -1]);
         assert!((g2po.node_value[0] as f64 - 9.036875).abs() < 1e-5);
         assert!((g2po.node_value[1] as f64 - 9.025).abs() < 1e-5);
-        for i in 0..3 {
-            assert!((g2po.node_centric[i] as f64 - want[i]).abs() < 1e-5, "{norm:?} {:?}", g2po.node_centric);
-            assert!(g2po.edge_centric[i].is_finite());
+        for (got, want) in g2po.node_centric.iter().zip(want) {
+            assert!((*got as f64 - want).abs() < 1e-5, "{norm:?} {:?}", g2po.node_centric);
         }
+        assert!(g2po.edge_centric.iter().all(|x| x.is_finite()));
     }
 }
 

@@ -186,11 +186,7 @@ fn keyed(order: &[RowId], adv: &Advantages) -> BTreeMap<(&'static str, RowId), f
     out
 }
 
-fn assert_close_keyed(
-    a: (&[RowId], &Advantages),
-    b: (&[RowId], &Advantages),
-    what: &str,
-) -> Result<(), TestCaseError> {
+fn assert_close_keyed(a: (&[RowId], &Advantages), b: (&[RowId], &Advantages), what: &str) -> Result<(), TestCaseError> {
     let (ka, kb) = (keyed(a.0, a.1), keyed(b.0, b.1));
     prop_assert_eq!(ka.len(), kb.len());
     for (key, &x) in &ka {
@@ -378,16 +374,16 @@ proptest! {
                 let flat = g2po::broadcast::flat(&adv, &batch).unwrap();
                 prop_assert_eq!(flat.offsets.len(), batch.len() + 1);
                 prop_assert_eq!(flat.values.len(), lens.iter().map(|&l| l as usize).sum::<usize>());
-                for row in 0..batch.len() {
-                    prop_assert_eq!(flat.offsets[row + 1] - flat.offsets[row], lens[row] as usize);
+                for (row, &len) in lens.iter().enumerate() {
+                    prop_assert_eq!(flat.offsets[row + 1] - flat.offsets[row], len as usize);
                     prop_assert!(flat.row(row).iter().all(|&x| x == adv.advantage[row]));
                 }
                 for width in [None, Some(longest + 3)] {
                     let padded = g2po::broadcast::padded(&adv, &batch, width).unwrap();
                     let w = width.unwrap_or(longest);
                     prop_assert_eq!((padded.rows, padded.max_len), (batch.len(), w));
-                    for row in 0..batch.len() {
-                        let len = lens[row] as usize;
+                    for (row, &len) in lens.iter().enumerate() {
+                        let len = len as usize;
                         let values = &padded.values[row * w..(row + 1) * w];
                         let mask = &padded.mask[row * w..(row + 1) * w];
                         prop_assert_eq!(&values[..len], flat.row(row));

@@ -150,8 +150,8 @@ fn gigpo_similarity_merges_near_identical_observations() {
     let want_sim = [4.8f32, 0.0, -4.8];
     // Exact: three singleton step groups, all step parts 0.
     assert_eq!(exact.node, vec![0, 1, 2]);
-    for i in 0..3 {
-        assert!((sim.step[i] - want_sim[i]).abs() < 1e-5, "similarity step parts {:?}", sim.step);
+    for (i, want) in want_sim.iter().enumerate() {
+        assert!((sim.step[i] - want).abs() < 1e-5, "similarity step parts {:?}", sim.step);
         assert_eq!(exact.step[i], 0.0);
         // advantage = episode + w * step, w = 1.
         assert!((sim.advantage[i] - (sim.episode[i] + sim.step[i])).abs() < 1e-5);
