@@ -167,15 +167,11 @@ impl Curriculum {
         match self {
             Self::Fixed(h) => *h,
             Self::Stepwise { caps, .. } => {
-                let i = usize::try_from(stage)
-                    .unwrap_or(usize::MAX)
-                    .min(caps.len().saturating_sub(1));
+                let i = usize::try_from(stage).unwrap_or(usize::MAX).min(caps.len().saturating_sub(1));
                 caps.get(i).copied().unwrap_or(0)
             }
             Self::Linear { h0, dh, max, .. } => {
-                let grow = usize::try_from(stage)
-                    .unwrap_or(usize::MAX)
-                    .saturating_mul(*dh);
+                let grow = usize::try_from(stage).unwrap_or(usize::MAX).saturating_mul(*dh);
                 let h = h0.saturating_add(grow);
                 max.map_or(h, |m| h.min(m))
             }
@@ -200,10 +196,7 @@ impl Curriculum {
 fn number(input: &str, text: &str) -> Result<usize, CurriculumError> {
     text.trim()
         .parse::<usize>()
-        .map_err(|_| CurriculumError::BadNumber {
-            input: input.to_string(),
-            text: text.to_string(),
-        })
+        .map_err(|_| CurriculumError::BadNumber { input: input.to_string(), text: text.to_string() })
 }
 
 impl FromStr for Curriculum {
@@ -212,10 +205,9 @@ impl FromStr for Curriculum {
     /// Parses the command-line forms listed in the module docs.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let input = s.trim();
-        let (kind, rest) = input.split_once(':').ok_or(CurriculumError::Malformed {
-            input: input.to_string(),
-            expected: "KIND:ARGS, e.g. fixed:20",
-        })?;
+        let (kind, rest) = input
+            .split_once(':')
+            .ok_or(CurriculumError::Malformed { input: input.to_string(), expected: "KIND:ARGS, e.g. fixed:20" })?;
         let c = match kind.trim().to_ascii_lowercase().as_str() {
             "fixed" => Self::Fixed(number(input, rest)?),
             "stepwise" => {
@@ -227,14 +219,8 @@ impl FromStr for Curriculum {
                 if caps.trim().is_empty() {
                     return Err(malformed());
                 }
-                let caps = caps
-                    .split(',')
-                    .map(|c| number(input, c))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Self::Stepwise {
-                    caps,
-                    stage_len: number(input, len)?,
-                }
+                let caps = caps.split(',').map(|c| number(input, c)).collect::<Result<Vec<_>, _>>()?;
+                Self::Stepwise { caps, stage_len: number(input, len)? }
             }
             "linear" => {
                 let malformed = || CurriculumError::Malformed {
@@ -250,12 +236,7 @@ impl FromStr for Curriculum {
                 };
                 let (h0, tail) = body.split_once('+').ok_or_else(malformed)?;
                 let (dh, every) = tail.split_once('/').ok_or_else(malformed)?;
-                Self::Linear {
-                    h0: number(input, h0)?,
-                    dh: number(input, dh)?,
-                    every: number(input, every)?,
-                    max,
-                }
+                Self::Linear { h0: number(input, h0)?, dh: number(input, dh)?, every: number(input, every)?, max }
             }
             other => return Err(CurriculumError::UnknownKind(other.to_string())),
         };
@@ -308,43 +289,20 @@ impl PublishedSchedule {
     /// assert_eq!(g2po::curriculum::WEBARENA.curriculum().horizon(81), 12);
     /// ```
     pub fn curriculum(&self) -> Curriculum {
-        Curriculum::Stepwise {
-            caps: self.caps.to_vec(),
-            stage_len: self.stage_len,
-        }
+        Curriculum::Stepwise { caps: self.caps.to_vec(), stage_len: self.stage_len }
     }
 }
 
 /// WebArena: [8, 12, 15] with S = 80.
-pub const WEBARENA: PublishedSchedule = PublishedSchedule {
-    name: "webarena",
-    caps: &[8, 12, 15],
-    stage_len: 80,
-};
+pub const WEBARENA: PublishedSchedule = PublishedSchedule { name: "webarena", caps: &[8, 12, 15], stage_len: 80 };
 /// Deep Search: [5, 8, 10] with S = 100.
-pub const DEEP_SEARCH: PublishedSchedule = PublishedSchedule {
-    name: "deepsearch",
-    caps: &[5, 8, 10],
-    stage_len: 100,
-};
+pub const DEEP_SEARCH: PublishedSchedule = PublishedSchedule { name: "deepsearch", caps: &[5, 8, 10], stage_len: 100 };
 /// TextCraft: [10, 20, 30] with S = 100.
-pub const TEXTCRAFT: PublishedSchedule = PublishedSchedule {
-    name: "textcraft",
-    caps: &[10, 20, 30],
-    stage_len: 100,
-};
+pub const TEXTCRAFT: PublishedSchedule = PublishedSchedule { name: "textcraft", caps: &[10, 20, 30], stage_len: 100 };
 /// BabyAI: [6, 13, 20] with S = 100.
-pub const BABYAI: PublishedSchedule = PublishedSchedule {
-    name: "babyai",
-    caps: &[6, 13, 20],
-    stage_len: 100,
-};
+pub const BABYAI: PublishedSchedule = PublishedSchedule { name: "babyai", caps: &[6, 13, 20], stage_len: 100 };
 /// SciWorld: [10, 20, 30] with S = 100.
-pub const SCIWORLD: PublishedSchedule = PublishedSchedule {
-    name: "sciworld",
-    caps: &[10, 20, 30],
-    stage_len: 100,
-};
+pub const SCIWORLD: PublishedSchedule = PublishedSchedule { name: "sciworld", caps: &[10, 20, 30], stage_len: 100 };
 
 /// All published schedules.
 ///

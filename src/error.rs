@@ -47,6 +47,16 @@ pub enum Error {
         /// The offending value.
         value: f64,
     },
+    /// A reward too large in magnitude to standardise safely.
+    #[error("row {row}: field {field:?} = {value} exceeds the largest accepted magnitude (1e100)")]
+    RewardOutOfRange {
+        /// Row index in input order.
+        row: usize,
+        /// Field name.
+        field: &'static str,
+        /// The offending value.
+        value: f64,
+    },
     /// A negative token count or step index (only reachable from untyped input).
     #[error("row {row}: field {field:?} must be non-negative, got {value}")]
     Negative {

@@ -247,15 +247,15 @@ impl EstimatorConfig {
         if !self.invalid_penalty.is_finite() {
             return bad("invalid_penalty", "must be finite");
         }
-        if let Grouping::Similarity { threshold } = self.grouping {
-            if !(0.0..=1.0).contains(&threshold) {
-                return bad("similarity_thresh", "must lie in [0, 1]");
-            }
+        if let Grouping::Similarity { threshold } = self.grouping
+            && !(0.0..=1.0).contains(&threshold)
+        {
+            return bad("similarity_thresh", "must lie in [0, 1]");
         }
-        if let TerminalValues::Fixed { success, failure } = self.terminal {
-            if !(success.is_finite() && failure.is_finite()) {
-                return bad("terminal", "terminal values must be finite");
-            }
+        if let TerminalValues::Fixed { success, failure } = self.terminal
+            && !(success.is_finite() && failure.is_finite())
+        {
+            return bad("terminal", "terminal values must be finite");
         }
         Ok(())
     }
@@ -580,7 +580,7 @@ fn renumber_step_groups_batch_wide(
     let mut next_id = 0u32;
     for (row, &g) in batch.groups().iter().enumerate() {
         let g = g as usize;
-        let pos = offsets[g] + row_pos.map_or(row - offsets[g], |p| p[row] as usize);
+        let pos = offsets[g] + row_pos.map_or_else(|| row - offsets[g], |p| p[row] as usize);
         let slot = &mut global[base[g] + node[pos] as usize];
         if *slot == u32::MAX {
             *slot = next_id;
@@ -670,7 +670,11 @@ fn mean_std(values: impl Iterator<Item = f64> + Clone) -> (f64, f64, usize) {
 impl GroupContext<'_> {
     fn standardise(&self, x: f64, mean: f64, std: f64) -> f64 {
         match self.cfg.norm {
-            Normalization::MeanStd => (x - mean) / (std + self.cfg.epsilon),
+            Normalization::MeanStd => {
+                let scale = std + self.cfg.epsilon;
+                // epsilon = 0 with zero spread: every x equals the mean.
+                if scale > 0.0 { (x - mean) / scale } else { 0.0 }
+            }
             Normalization::Mean => x - mean,
         }
     }

@@ -120,14 +120,14 @@ pub fn parse_str(text: &str, source_name: &str) -> Result<Input> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') {
         let mut stream = serde_json::Deserializer::from_str(trimmed).into_iter::<Value>();
-        if let Some(Ok(Value::Object(map))) = stream.next() {
-            if map.contains_key("steps") {
-                let rest = &trimmed[stream.byte_offset()..];
-                if !rest.trim().is_empty() {
-                    return Err(parse_err(1, "trailing content after the vector object".into()));
-                }
-                return parse_vector(Value::Object(map), source_name);
+        if let Some(Ok(Value::Object(map))) = stream.next()
+            && map.contains_key("steps")
+        {
+            let rest = &trimmed[stream.byte_offset()..];
+            if !rest.trim().is_empty() {
+                return Err(parse_err(1, "trailing content after the vector object".into()));
             }
+            return parse_vector(Value::Object(map), source_name);
         }
     }
     let mut builder = RolloutBatch::builder();
@@ -144,34 +144,48 @@ pub fn parse_str(text: &str, source_name: &str) -> Result<Input> {
 fn parse_vector(doc: Value, source_name: &str) -> Result<Input> {
     let parse_err = |message: String| Error::Parse { source_name: source_name.to_owned(), line: 1, message };
     let Value::Object(mut map) = doc else { unreachable!("checked by the caller") };
-    let kind = match map.get("estimator").and_then(Value::as_str) {
-        Some(name) => name.parse::<EstimatorKind>()?,
+    let wrong = |field: &str, want: &str| parse_err(format!("field {field:?} must be {want}"));
+    let kind = match map.get("estimator") {
         None => EstimatorKind::G2po,
+        Some(Value::String(name)) => name.parse::<EstimatorKind>()?,
+        Some(_) => return Err(wrong("estimator", "a string")),
     };
     let mut config = EstimatorConfig::new(kind);
-    if let Some(Value::Object(params)) = map.get("params") {
-        let num = |name: &str| params.get(name).and_then(Value::as_f64);
-        if let Some(v) = num("gamma") {
-            config.gamma = v;
+    match map.get("params") {
+        None => {}
+        Some(Value::Object(params)) => {
+            let num = |name: &str| -> Result<Option<f64>> {
+                match params.get(name) {
+                    None => Ok(None),
+                    Some(v) => v.as_f64().map(Some).ok_or_else(|| wrong(name, "a number")),
+                }
+            };
+            let text = |name: &str| -> Result<Option<&str>> {
+                match params.get(name) {
+                    None => Ok(None),
+                    Some(v) => v.as_str().map(Some).ok_or_else(|| wrong(name, "a string")),
+                }
+            };
+            config.gamma = num("gamma")?.unwrap_or(config.gamma);
+            config.epsilon = num("epsilon")?.unwrap_or(config.epsilon);
+            config.step_weight = num("step_advantage_w")?.unwrap_or(config.step_weight);
+            config.invalid_penalty = num("invalid_action_penalty")?.unwrap_or(config.invalid_penalty);
+            if let Some(mode) = text("mode")? {
+                config.norm = mode.parse::<Normalization>()?;
+            }
+            if let Some(over) = text("stats_over")? {
+                config.stats_over = over.parse::<StatsOver>()?;
+            }
+            let threshold = num("similarity_thresh")?;
+            match params.get("enable_similarity") {
+                None | Some(Value::Bool(false)) => {}
+                Some(Value::Bool(true)) => {
+                    config.grouping = Grouping::Similarity { threshold: threshold.unwrap_or(0.95) };
+                }
+                Some(_) => return Err(wrong("enable_similarity", "true or false")),
+            }
         }
-        if let Some(v) = num("epsilon") {
-            config.epsilon = v;
-        }
-        if let Some(v) = num("step_advantage_w") {
-            config.step_weight = v;
-        }
-        if let Some(v) = num("invalid_action_penalty") {
-            config.invalid_penalty = v;
-        }
-        if let Some(mode) = params.get("mode").and_then(Value::as_str) {
-            config.norm = mode.parse::<Normalization>()?;
-        }
-        if let Some(over) = params.get("stats_over").and_then(Value::as_str) {
-            config.stats_over = over.parse::<StatsOver>()?;
-        }
-        if params.get("enable_similarity").and_then(Value::as_bool) == Some(true) {
-            config.grouping = Grouping::Similarity { threshold: num("similarity_thresh").unwrap_or(0.95) };
-        }
+        Some(_) => return Err(wrong("params", "an object")),
     }
     let steps = match map.remove("steps") {
         Some(Value::Array(steps)) => steps,
@@ -348,7 +362,8 @@ pub fn compare(adv: &Advantages, expected: &[Value]) -> Comparison {
                 (Some(w), Some(g)) => {
                     let err = (w - g).abs();
                     c.compared += 1;
-                    if !(err <= c.max_abs_error) {
+                    // NaN counts as the worst possible error.
+                    if err.is_nan() || err > c.max_abs_error {
                         c.max_abs_error = if err.is_nan() { f64::INFINITY } else { err };
                         c.worst = Some((row, field.clone()));
                     }

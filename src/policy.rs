@@ -47,12 +47,8 @@ pub const RESERVED_TOKENS: u32 = 2;
 
 /// Fixed ahash seeds: the tokenizer must map a word to the same id in every
 /// run, so the hasher cannot be randomly keyed.
-const HASH_SEEDS: [u64; 4] = [
-    0x9e37_79b9_7f4a_7c15,
-    0xbf58_476d_1ce4_e5b9,
-    0x94d0_49bb_1331_11eb,
-    0x2545_f491_4f6c_dd1d,
-];
+const HASH_SEEDS: [u64; 4] =
+    [0x9e37_79b9_7f4a_7c15, 0xbf58_476d_1ce4_e5b9, 0x94d0_49bb_1331_11eb, 0x2545_f491_4f6c_dd1d];
 
 /// Sizes of the policy.
 ///
@@ -76,12 +72,7 @@ pub struct PolicyConfig {
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        Self {
-            vocab: 4096,
-            hidden: 64,
-            max_action_tokens: 16,
-            max_observation_tokens: 256,
-        }
+        Self { vocab: 4096, hidden: 64, max_action_tokens: 16, max_observation_tokens: 256 }
     }
 }
 
@@ -134,10 +125,7 @@ fn words(text: &str) -> Vec<String> {
 
 fn validate(config: &PolicyConfig) -> Result<()> {
     if config.vocab < RESERVED_TOKENS as usize + 1 || config.vocab > u32::MAX as usize {
-        return Err(LearnerError::BadConfig(format!(
-            "vocab must be in 3..=2^32-1, got {}",
-            config.vocab
-        )));
+        return Err(LearnerError::BadConfig(format!("vocab must be in 3..=2^32-1, got {}", config.vocab)));
     }
     if config.hidden == 0 || config.max_action_tokens == 0 || config.max_observation_tokens == 0 {
         return Err(LearnerError::BadConfig(
@@ -164,19 +152,13 @@ impl Policy {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut uniform = |shape: &[usize], bound: f64| -> Result<Var> {
             let n: usize = shape.iter().product();
-            let data: Vec<f32> = (0..n)
-                .map(|_| (rng.random::<f64>() * 2.0 - 1.0) * bound)
-                .map(|x| x as f32)
-                .collect();
+            let data: Vec<f32> = (0..n).map(|_| (rng.random::<f64>() * 2.0 - 1.0) * bound).map(|x| x as f32).collect();
             Ok(Var::from_tensor(&Tensor::from_vec(data, shape, device)?)?)
         };
         let lin = 1.0 / (h as f64).sqrt();
         let varmap = VarMap::new();
         {
-            let mut data = varmap
-                .data()
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut data = varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             data.insert("obs_emb.weight".into(), uniform(&[v, h], 1.0)?);
             data.insert("obs_proj.weight".into(), uniform(&[h, h], lin)?);
             data.insert("obs_proj.bias".into(), uniform(&[h], lin)?);
@@ -198,12 +180,7 @@ impl Policy {
             config,
             device: device.clone(),
             varmap,
-            hasher: ahash::RandomState::with_seeds(
-                HASH_SEEDS[0],
-                HASH_SEEDS[1],
-                HASH_SEEDS[2],
-                HASH_SEEDS[3],
-            ),
+            hasher: ahash::RandomState::with_seeds(HASH_SEEDS[0], HASH_SEEDS[1], HASH_SEEDS[2], HASH_SEEDS[3]),
         })
     }
 
@@ -243,15 +220,8 @@ impl Policy {
     pub fn clone_frozen(&self) -> Result<Self> {
         let varmap = VarMap::new();
         {
-            let src = self
-                .varmap
-                .data()
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut dst = varmap
-                .data()
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let src = self.varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut dst = varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for (name, var) in src.iter() {
                 dst.insert(name.clone(), Var::from_tensor(&var.as_tensor().copy()?)?);
             }
@@ -273,11 +243,7 @@ impl Policy {
     /// assert_eq!(p.tokenize_observation("You see a Key.").len(), 5);
     /// ```
     pub fn tokenize_observation(&self, text: &str) -> Vec<u32> {
-        words(text)
-            .iter()
-            .take(self.config.max_observation_tokens)
-            .map(|w| self.word_id(w))
-            .collect()
+        words(text).iter().take(self.config.max_observation_tokens).map(|w| self.word_id(w)).collect()
     }
 
     /// Token ids of an action: its words (at most `max_action_tokens - 1`)
@@ -292,11 +258,8 @@ impl Policy {
     /// assert_eq!(p.tokenize_action(""), vec![EOS]);
     /// ```
     pub fn tokenize_action(&self, text: &str) -> Vec<u32> {
-        let mut ids: Vec<u32> = words(text)
-            .iter()
-            .take(self.config.max_action_tokens - 1)
-            .map(|w| self.word_id(w))
-            .collect();
+        let mut ids: Vec<u32> =
+            words(text).iter().take(self.config.max_action_tokens - 1).map(|w| self.word_id(w)).collect();
         ids.push(EOS);
         ids
     }
@@ -328,11 +291,7 @@ impl Policy {
         }
         let ids = Tensor::from_vec(ids, (u, lo), &self.device)?;
         let weights = Tensor::from_vec(weights, (u, lo, 1), &self.device)?;
-        let bag = self
-            .obs_emb
-            .forward(&ids)?
-            .broadcast_mul(&weights)?
-            .sum(1)?;
+        let bag = self.obs_emb.forward(&ids)?.broadcast_mul(&weights)?.sum(1)?;
         let enc = self.obs_proj.forward(&bag)?.tanh()?;
         Ok((enc, row_map))
     }
@@ -357,12 +316,7 @@ impl Policy {
     /// let v = logp.to_vec2::<f32>().unwrap();
     /// assert!(v[0].iter().all(|&x| x < 0.0));
     /// ```
-    pub fn token_logps(
-        &self,
-        observations: &[&str],
-        actions: &[&[u32]],
-        max_len: usize,
-    ) -> Result<(Tensor, Tensor)> {
+    pub fn token_logps(&self, observations: &[&str], actions: &[&[u32]], max_len: usize) -> Result<(Tensor, Tensor)> {
         if observations.len() != actions.len() {
             return Err(LearnerError::BadInput(format!(
                 "{} observations but {} actions",
@@ -371,19 +325,14 @@ impl Policy {
             )));
         }
         if observations.is_empty() || max_len == 0 {
-            return Err(LearnerError::BadInput(
-                "token_logps needs at least one row and max_len > 0".into(),
-            ));
+            return Err(LearnerError::BadInput("token_logps needs at least one row and max_len > 0".into()));
         }
         let rows = actions.len();
         let mut prev = vec![BOS; rows * max_len];
         let mut target = vec![BOS; rows * max_len];
         for (r, a) in actions.iter().enumerate() {
             if a.len() > max_len {
-                return Err(LearnerError::BadInput(format!(
-                    "action {r} has {} tokens > max_len {max_len}",
-                    a.len()
-                )));
+                return Err(LearnerError::BadInput(format!("action {r} has {} tokens > max_len {max_len}", a.len())));
             }
             for (j, &t) in a.iter().enumerate() {
                 if t as usize >= self.config.vocab {
@@ -428,11 +377,7 @@ impl Policy {
             .zip(logp)
             .map(|(tokens, row)| {
                 let logps = row[..tokens.len()].to_vec();
-                Scored {
-                    score: logps.iter().map(|&x| f64::from(x)).sum(),
-                    tokens,
-                    logps,
-                }
+                Scored { score: logps.iter().map(|&x| f64::from(x)).sum(), tokens, logps }
             })
             .collect())
     }
@@ -473,11 +418,7 @@ impl Policy {
             u -= p;
         }
         let Scored { tokens, logps, .. } = scored.into_iter().nth(index).unwrap_or_default();
-        Ok(Action {
-            index,
-            tokens,
-            logps,
-        })
+        Ok(Action { index, tokens, logps })
     }
 
     /// Index of the highest-scoring admissible action (the first on ties).
@@ -509,12 +450,7 @@ impl Policy {
     /// let pr = p.action_probs("a hall", &["north".to_string(), "south".to_string()], 1.0).unwrap();
     /// assert!((pr.iter().sum::<f64>() - 1.0).abs() < 1e-9);
     /// ```
-    pub fn action_probs(
-        &self,
-        observation: &str,
-        admissible: &[String],
-        temperature: f64,
-    ) -> Result<Vec<f64>> {
+    pub fn action_probs(&self, observation: &str, admissible: &[String], temperature: f64) -> Result<Vec<f64>> {
         check_temperature(temperature)?;
         Ok(softmax(&self.score(observation, admissible)?, temperature))
     }
@@ -532,9 +468,7 @@ fn check_temperature(temperature: f64) -> Result<()> {
     if temperature.is_finite() && temperature > 0.0 {
         Ok(())
     } else {
-        Err(LearnerError::BadInput(format!(
-            "temperature must be finite and > 0, got {temperature}"
-        )))
+        Err(LearnerError::BadInput(format!("temperature must be finite and > 0, got {temperature}")))
     }
 }
 

@@ -16,6 +16,10 @@ use ahash::AHashMap;
 
 use crate::error::{Error, Result};
 
+/// Largest reward magnitude accepted. Group statistics sum squared rewards;
+/// beyond this they could overflow to infinity and turn advantages into NaN.
+pub const MAX_ABS_REWARD: f64 = 1e100;
+
 /// Sentinel in [`RolloutBatch::next_rows`] for the last step of a trajectory.
 pub const NO_NEXT: u32 = u32::MAX;
 
@@ -93,6 +97,13 @@ enum Anchors {
 }
 
 #[derive(Debug, Clone, Copy)]
+struct Mark {
+    rows: usize,
+    trajs: usize,
+    groups: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
 struct TrajState {
     group: u32,
     episode_reward: f64,
@@ -167,6 +178,9 @@ impl BatchBuilder {
         for (field, value) in [("reward", row.reward), ("episode_reward", row.episode_reward)] {
             if !value.is_finite() {
                 return Err(Error::NonFinite { row: index, field, value });
+            }
+            if value.abs() > MAX_ABS_REWARD {
+                return Err(Error::RewardOutOfRange { row: index, field, value });
             }
         }
         match (&self.anchors, row.anchor) {
@@ -289,6 +303,7 @@ impl BatchBuilder {
 
     /// Appends a whole trajectory, its steps numbered 0, 1, ... in order.
     /// An empty trajectory is an error (it has no rows to carry its reward).
+    /// All or nothing: if any step is rejected, none of them is kept.
     ///
     /// ```
     /// use g2po::{Anchor, Error, RolloutBatch, Step};
@@ -303,18 +318,22 @@ impl BatchBuilder {
         episode_reward: f64,
         steps: impl IntoIterator<Item = Step<'a>>,
     ) -> Result<()> {
+        let mark = self.mark();
         let mut count = 0u32;
         for step in steps {
-            self.push_step(StepRow {
-                group,
-                traj,
-                step: count,
-                anchor: step.anchor,
-                reward: step.reward,
-                episode_reward,
-                valid: step.valid,
-                response_len: step.response_len,
-            })?;
+            self.push_step_or_rollback(
+                mark,
+                StepRow {
+                    group,
+                    traj,
+                    step: count,
+                    anchor: step.anchor,
+                    reward: step.reward,
+                    episode_reward,
+                    valid: step.valid,
+                    response_len: step.response_len,
+                },
+            )?;
             count += 1;
         }
         if count == 0 {
@@ -370,6 +389,48 @@ impl BatchBuilder {
             group_rows,
             groups_contiguous,
         })
+    }
+
+    fn mark(&self) -> Mark {
+        Mark { rows: self.len(), trajs: self.trajs.len(), groups: self.group_ids.len() }
+    }
+
+    fn push_step_or_rollback(&mut self, mark: Mark, row: StepRow<'_>) -> Result<()> {
+        let result = self.push_step(row);
+        if result.is_err() {
+            self.rollback(mark);
+        }
+        result
+    }
+
+    /// Undoes every row, trajectory and group added since `mark`. Only used
+    /// for whole new trajectories, whose rows link to nothing before the mark.
+    fn rollback(&mut self, mark: Mark) {
+        for traj in self.traj_ids.drain(mark.trajs..) {
+            self.traj_lookup.remove(&traj);
+        }
+        self.trajs.truncate(mark.trajs);
+        for group in self.group_ids.drain(mark.groups..) {
+            self.group_lookup.remove(&group);
+        }
+        let rows = mark.rows;
+        for column in [&mut self.group, &mut self.traj, &mut self.step, &mut self.response_len, &mut self.next_row] {
+            column.truncate(rows);
+        }
+        self.reward.truncate(rows);
+        self.episode_reward.truncate(rows);
+        self.valid.truncate(rows);
+        match &mut self.anchors {
+            Some(Anchors::Text { data, ends }) => {
+                ends.truncate(rows);
+                data.truncate(ends.last().copied().unwrap_or(0));
+            }
+            Some(Anchors::Keys(keys)) => keys.truncate(rows),
+            None => {}
+        }
+        if rows == 0 {
+            self.anchors = None;
+        }
     }
 
     fn row_of_step(&self, first_row: u32, step: u32) -> usize {

@@ -516,10 +516,6 @@ fn jsonl_rows_and_vector_documents_parse_to_the_same_batch() {
 /// Rows of two groups interleaved step-major (as a vectorised environment over
 /// two tasks emits them): g1/A@0, g2/C@0, g1/A@1, g2/C@1, g1/B@0.
 #[test]
-#[ignore = "BUG: src/estimators.rs renumber_step_groups_batch_wide: `row_pos.map_or(row - offsets[g], ...)` evaluates \
-            `row - offsets[g]` eagerly; for a row that precedes its group's CSR offset (groups not contiguous) it \
-            underflows: panic 'attempt to subtract with overflow' in debug builds, GiGPO only. \
-            Fix: `row_pos.map_or_else(|| row - offsets[g], |p| p[row] as usize)`"]
 fn gigpo_on_interleaved_groups() {
     let mut b = RolloutBatch::builder();
     let row = |group, traj, step, obs, r: f64| g2po::StepRow {

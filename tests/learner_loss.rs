@@ -3,9 +3,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use g2po::learner::tensor::{FusedGrpoLoss, LossTensors, aggregate, grpo_loss_tensors};
-use g2po::learner::{
-    KlEstimator, LearnerError, LossAggregation, LossConfig, LossInputs, LossOutput, grpo_loss_cpu,
-};
+use g2po::learner::{KlEstimator, LearnerError, LossAggregation, LossConfig, LossInputs, LossOutput, grpo_loss_cpu};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -58,10 +56,7 @@ fn close(a: f64, b: f64, tol: f64) -> bool {
 }
 
 fn plain() -> LossConfig {
-    LossConfig {
-        dual_clip: None,
-        ..LossConfig::default()
-    }
+    LossConfig { dual_clip: None, ..LossConfig::default() }
 }
 
 #[test]
@@ -126,10 +121,7 @@ fn clip_higher_widens_upper_bound() {
     let out = d.loss(&plain());
     assert!(close(out.loss, -1.2, 1e-6));
     assert_eq!(out.grad_logp, vec![0.0]);
-    let out = d.loss(&LossConfig {
-        clip_high: 0.28,
-        ..plain()
-    });
+    let out = d.loss(&LossConfig { clip_high: 0.28, ..plain() });
     assert!(close(out.loss, -1.25, 1e-6));
     assert!(close(f64::from(out.grad_logp[0]), -1.25, 1e-6));
 }
@@ -149,10 +141,7 @@ fn kl_case(logp: f64, refp: f64, est: KlEstimator) -> LossOutput {
     // A = 0 so that only the KL term remains; beta = 0.1.
     let mut d = Data::one(logp, logp, 0.0);
     d.refp = vec![refp as f32];
-    d.loss(&LossConfig {
-        kl: Some((est, 0.1)),
-        ..plain()
-    })
+    d.loss(&LossConfig { kl: Some((est, 0.1)), ..plain() })
 }
 
 #[test]
@@ -187,11 +176,7 @@ fn k3_clamps_zero_the_gradient() {
     // q = -2: e^-2 + 1 = 1.1353 (inside), gradient beta * (1 - e^-2) = 0.08647.
     let o = kl_case(0.0, -2.0, KlEstimator::K3);
     assert!(close(o.diagnostics.kl_ref, (-2f64).exp() + 1.0, 1e-7));
-    assert!(close(
-        f64::from(o.grad_logp[0]),
-        0.1 * (1.0 - (-2f64).exp()),
-        1e-6
-    ));
+    assert!(close(f64::from(o.grad_logp[0]), 0.1 * (1.0 - (-2f64).exp()), 1e-6));
 }
 
 #[test]
@@ -199,10 +184,7 @@ fn entropy_bonus_is_subtracted_and_not_differentiated() {
     // A = 0, entropy 2, coef 0.01 -> loss -0.02, gradient 0, diagnostic 2.
     let mut d = Data::one(-1.0, -1.0, 0.0);
     d.ent = vec![2.0];
-    let o = d.loss(&LossConfig {
-        entropy_coef: 0.01,
-        ..plain()
-    });
+    let o = d.loss(&LossConfig { entropy_coef: 0.01, ..plain() });
     assert!(close(o.loss, -0.02, 1e-9));
     assert_eq!(o.grad_logp, vec![0.0]);
     assert_eq!(o.diagnostics.entropy, 2.0);
@@ -229,44 +211,19 @@ fn aggregations_by_hand() {
     let d = agg_data();
     let cases: [(LossAggregation, f64, [f64; 5]); 4] = [
         // token-mean: (-1 - 2 - 9) / 5 = -2.4; gradient -A / 5.
-        (
-            LossAggregation::TokenMean,
-            -2.4,
-            [-0.2, -0.4, -0.6, -0.6, -0.6],
-        ),
+        (LossAggregation::TokenMean, -2.4, [-0.2, -0.4, -0.6, -0.6, -0.6]),
         // seq-mean-token-sum: row sums -3, -9; mean over the 2 live rows -6;
         // gradient -A / 2 (the empty row is excluded; counting it would give -4).
-        (
-            LossAggregation::SeqMeanTokenSum,
-            -6.0,
-            [-0.5, -1.0, -1.5, -1.5, -1.5],
-        ),
+        (LossAggregation::SeqMeanTokenSum, -6.0, [-0.5, -1.0, -1.5, -1.5, -1.5]),
         // seq-mean-token-mean: row means -1.5, -3 -> -2.25; gradient -A / (2 n_i).
-        (
-            LossAggregation::SeqMeanTokenMean,
-            -2.25,
-            [-0.25, -0.5, -0.5, -0.5, -0.5],
-        ),
+        (LossAggregation::SeqMeanTokenMean, -2.25, [-0.25, -0.5, -0.5, -0.5, -0.5]),
         // seq-mean-token-sum-norm with length 4: -3/4, -9/4 -> -1.5; gradient -A / 8.
-        (
-            LossAggregation::SeqMeanTokenSumNorm { length: 4.0 },
-            -1.5,
-            [-0.125, -0.25, -0.375, -0.375, -0.375],
-        ),
+        (LossAggregation::SeqMeanTokenSumNorm { length: 4.0 }, -1.5, [-0.125, -0.25, -0.375, -0.375, -0.375]),
     ];
     for (agg, loss, grads) in cases {
-        let o = d.loss(&LossConfig {
-            aggregation: agg,
-            ..plain()
-        });
+        let o = d.loss(&LossConfig { aggregation: agg, ..plain() });
         assert!(close(o.loss, loss, 1e-9), "{agg:?}: {}", o.loss);
-        let masked = [
-            o.grad_logp[0],
-            o.grad_logp[1],
-            o.grad_logp[3],
-            o.grad_logp[4],
-            o.grad_logp[5],
-        ];
+        let masked = [o.grad_logp[0], o.grad_logp[1], o.grad_logp[3], o.grad_logp[4], o.grad_logp[5]];
         for (g, e) in masked.iter().zip(grads) {
             assert!(close(f64::from(*g), e, 1e-6), "{agg:?}: {masked:?}");
         }
@@ -292,17 +249,11 @@ fn total_combines_terms() {
         ent: vec![1.0, 3.0],
         mask: vec![1.0, 1.0],
     };
-    let c = LossConfig {
-        kl: Some((KlEstimator::K1, 0.2)),
-        entropy_coef: 0.1,
-        ..LossConfig::default()
-    };
+    let c = LossConfig { kl: Some((KlEstimator::K1, 0.2)), entropy_coef: 0.1, ..LossConfig::default() };
     let o = d.loss(&c);
     assert!(close(o.loss, -0.15, 1e-9), "{}", o.loss);
     // Gradients: (-A + beta) / 2 = (-1 + 0.2)/2 = -0.4 and (1 + 0.2)/2 = 0.6.
-    assert!(
-        close(f64::from(o.grad_logp[0]), -0.4, 1e-6) && close(f64::from(o.grad_logp[1]), 0.6, 1e-6)
-    );
+    assert!(close(f64::from(o.grad_logp[0]), -0.4, 1e-6) && close(f64::from(o.grad_logp[1]), 0.6, 1e-6));
     assert_eq!(o.diagnostics.entropy, 2.0);
     assert!(close(o.diagnostics.kl_ref, 0.25, 1e-9));
 }
@@ -313,112 +264,40 @@ fn input_errors_are_typed() {
     let c = plain();
     let mut bad = d.clone();
     bad.old.pop();
-    assert!(matches!(
-        grpo_loss_cpu(&bad.inputs(), &c),
-        Err(LearnerError::LengthMismatch {
-            name: "logp_old",
-            ..
-        })
-    ));
+    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &c), Err(LearnerError::LengthMismatch { name: "logp_old", .. })));
     let mut bad = d.clone();
     bad.logp[4] = f32::NAN;
-    assert!(matches!(
-        grpo_loss_cpu(&bad.inputs(), &c),
-        Err(LearnerError::NonFinite {
-            name: "logp",
-            index: 4
-        })
-    ));
+    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &c), Err(LearnerError::NonFinite { name: "logp", index: 4 })));
     let mut bad = d.clone();
     bad.adv[0] = f32::INFINITY;
-    assert!(matches!(
-        grpo_loss_cpu(&bad.inputs(), &c),
-        Err(LearnerError::NonFinite {
-            name: "advantages",
-            ..
-        })
-    ));
+    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &c), Err(LearnerError::NonFinite { name: "advantages", .. })));
     let mut bad = d.clone();
     bad.mask = vec![0.0; 9];
-    assert!(matches!(
-        grpo_loss_cpu(&bad.inputs(), &c),
-        Err(LearnerError::EmptyMask)
-    ));
+    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &c), Err(LearnerError::EmptyMask)));
     let mut bad = d.clone();
     bad.mask[0] = 0.5;
-    assert!(matches!(
-        grpo_loss_cpu(&bad.inputs(), &c),
-        Err(LearnerError::BadMask { index: 0, .. })
-    ));
+    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &c), Err(LearnerError::BadMask { index: 0, .. })));
     for cfg in [
-        LossConfig {
-            clip_low: -0.1,
-            ..c
-        },
-        LossConfig {
-            clip_high: f64::NAN,
-            ..c
-        },
-        LossConfig {
-            dual_clip: Some(1.0),
-            ..c
-        },
-        LossConfig {
-            dual_clip: Some(0.5),
-            ..c
-        },
-        LossConfig {
-            kl: Some((KlEstimator::K1, -1.0)),
-            ..c
-        },
-        LossConfig {
-            entropy_coef: f64::INFINITY,
-            ..c
-        },
-        LossConfig {
-            aggregation: LossAggregation::SeqMeanTokenSumNorm { length: 0.0 },
-            ..c
-        },
+        LossConfig { clip_low: -0.1, ..c },
+        LossConfig { clip_high: f64::NAN, ..c },
+        LossConfig { dual_clip: Some(1.0), ..c },
+        LossConfig { dual_clip: Some(0.5), ..c },
+        LossConfig { kl: Some((KlEstimator::K1, -1.0)), ..c },
+        LossConfig { entropy_coef: f64::INFINITY, ..c },
+        LossConfig { aggregation: LossAggregation::SeqMeanTokenSumNorm { length: 0.0 }, ..c },
     ] {
-        assert!(
-            matches!(
-                grpo_loss_cpu(&d.inputs(), &cfg),
-                Err(LearnerError::BadConfig(_))
-            ),
-            "{cfg:?}"
-        );
+        assert!(matches!(grpo_loss_cpu(&d.inputs(), &cfg), Err(LearnerError::BadConfig(_))), "{cfg:?}");
     }
     // KL configured but no reference; entropy bonus but no entropy.
     let mut bad = d.clone();
     bad.refp.clear();
-    let kl = LossConfig {
-        kl: Some((KlEstimator::K3, 0.1)),
-        ..c
-    };
-    assert!(matches!(
-        grpo_loss_cpu(&bad.inputs(), &kl),
-        Err(LearnerError::LengthMismatch {
-            name: "logp_ref",
-            ..
-        })
-    ));
-    assert!(
-        grpo_loss_cpu(&bad.inputs(), &c).is_ok(),
-        "no KL: an empty reference is fine"
-    );
+    let kl = LossConfig { kl: Some((KlEstimator::K3, 0.1)), ..c };
+    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &kl), Err(LearnerError::LengthMismatch { name: "logp_ref", .. })));
+    assert!(grpo_loss_cpu(&bad.inputs(), &c).is_ok(), "no KL: an empty reference is fine");
     let mut bad = d;
     bad.ent.clear();
-    let ent = LossConfig {
-        entropy_coef: 0.01,
-        ..c
-    };
-    assert!(matches!(
-        grpo_loss_cpu(&bad.inputs(), &ent),
-        Err(LearnerError::LengthMismatch {
-            name: "entropy",
-            ..
-        })
-    ));
+    let ent = LossConfig { entropy_coef: 0.01, ..c };
+    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &ent), Err(LearnerError::LengthMismatch { name: "entropy", .. })));
 }
 
 /// Every option combination the tests sweep.
@@ -429,26 +308,14 @@ fn all_configs() -> Vec<LossConfig> {
         LossAggregation::SeqMeanTokenMean,
         LossAggregation::SeqMeanTokenSumNorm { length: 7.0 },
     ];
-    let kls = [
-        None,
-        Some((KlEstimator::K1, 0.05)),
-        Some((KlEstimator::K2, 0.05)),
-        Some((KlEstimator::K3, 0.05)),
-    ];
+    let kls = [None, Some((KlEstimator::K1, 0.05)), Some((KlEstimator::K2, 0.05)), Some((KlEstimator::K3, 0.05))];
     let mut out = Vec::new();
     for aggregation in aggs {
         for kl in kls {
             for dual_clip in [None, Some(3.0)] {
                 for (clip_low, clip_high) in [(0.2, 0.2), (0.2, 0.28)] {
                     for entropy_coef in [0.0, 0.01] {
-                        out.push(LossConfig {
-                            clip_low,
-                            clip_high,
-                            dual_clip,
-                            kl,
-                            entropy_coef,
-                            aggregation,
-                        });
+                        out.push(LossConfig { clip_low, clip_high, dual_clip, kl, entropy_coef, aggregation });
                     }
                 }
             }
@@ -517,10 +384,7 @@ fn fused_gradient_matches_finite_differences() {
             let step = f64::from(plus.logp[i]) - f64::from(minus.logp[i]);
             let fd = (plus.loss(&c).loss - minus.loss(&c).loss) / step;
             let g = f64::from(out.grad_logp[i]);
-            assert!(
-                (fd - g).abs() < 2e-4 * (1.0 + g.abs()),
-                "{c:?} token {i}: fd {fd} vs analytic {g}"
-            );
+            assert!((fd - g).abs() < 2e-4 * (1.0 + g.abs()), "{c:?} token {i}: fd {fd} vs analytic {g}");
             if d.mask[i] == 0.0 {
                 assert_eq!(g, 0.0);
                 assert_eq!(fd, 0.0);
@@ -561,38 +425,16 @@ fn fused_equals_candle_ops_and_custom_op() {
             };
             let (loss, diag) = grpo_loss_tensors(&inputs, &c).unwrap();
             let value = loss.to_scalar::<f64>().unwrap();
-            assert!(
-                close(value, fused.loss, 1e-9),
-                "{c:?}: ops {value} vs fused {}",
-                fused.loss
-            );
+            assert!(close(value, fused.loss, 1e-9), "{c:?}: ops {value} vs fused {}", fused.loss);
             assert!(close(diag.policy_loss, fused.diagnostics.policy_loss, 1e-9));
             assert!(close(diag.kl_ref, fused.diagnostics.kl_ref, 1e-9));
             assert!(close(diag.entropy, fused.diagnostics.entropy, 1e-9));
-            assert!(close(
-                diag.approx_kl_old,
-                fused.diagnostics.approx_kl_old,
-                1e-9
-            ));
+            assert!(close(diag.approx_kl_old, fused.diagnostics.approx_kl_old, 1e-9));
             assert_eq!(diag.clip_fraction, fused.diagnostics.clip_fraction, "{c:?}");
-            assert_eq!(
-                diag.dual_clip_fraction, fused.diagnostics.dual_clip_fraction,
-                "{c:?}"
-            );
-            let g_ops = loss
-                .backward()
-                .unwrap()
-                .get(&logp)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            assert_eq!(diag.dual_clip_fraction, fused.diagnostics.dual_clip_fraction, "{c:?}");
+            let g_ops = loss.backward().unwrap().get(&logp).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for (i, (a, b)) in g_ops.iter().zip(&fused.grad_logp).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                    "{c:?} token {i}: ops {a} vs fused {b}"
-                );
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{c:?} token {i}: ops {a} vs fused {b}");
             }
 
             // Custom op, with an incoming gradient of 3 to check the scaling.
@@ -611,11 +453,7 @@ fn fused_equals_candle_ops_and_custom_op() {
             };
             let (loss_op, diag_op) = op().apply(logp.as_tensor()).unwrap();
             assert_eq!(diag_op, fused.diagnostics);
-            assert!(close(
-                f64::from(loss_op.to_scalar::<f32>().unwrap()),
-                fused.loss,
-                1e-6
-            ));
+            assert!(close(f64::from(loss_op.to_scalar::<f32>().unwrap()), fused.loss, 1e-6));
             let g_op = (loss_op * 3.0)
                 .unwrap()
                 .backward()
@@ -631,37 +469,15 @@ fn fused_equals_candle_ops_and_custom_op() {
             }
             // The raw custom op (no pre-evaluation by `apply`) agrees too.
             let loss_raw = logp.as_tensor().apply_op1(op()).unwrap();
-            assert!(close(
-                f64::from(loss_raw.to_scalar::<f32>().unwrap()),
-                fused.loss,
-                1e-6
-            ));
-            let g_raw = loss_raw
-                .backward()
-                .unwrap()
-                .get(&logp)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            assert!(close(f64::from(loss_raw.to_scalar::<f32>().unwrap()), fused.loss, 1e-6));
+            let g_raw =
+                loss_raw.backward().unwrap().get(&logp).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(g_raw, fused.grad_logp);
             // The device-independent linearised form agrees as well.
             let (loss_lin, _) = op().apply_linearised(logp.as_tensor()).unwrap();
-            assert!(close(
-                f64::from(loss_lin.to_scalar::<f32>().unwrap()),
-                fused.loss,
-                1e-6
-            ));
-            let g_lin = loss_lin
-                .backward()
-                .unwrap()
-                .get(&logp)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            assert!(close(f64::from(loss_lin.to_scalar::<f32>().unwrap()), fused.loss, 1e-6));
+            let g_lin =
+                loss_lin.backward().unwrap().get(&logp).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(g_lin, fused.grad_logp);
         }
     }
@@ -670,119 +486,43 @@ fn fused_equals_candle_ops_and_custom_op() {
 #[test]
 fn custom_op_accepts_f64_and_keeps_dtype() {
     let d = agg_data();
-    let logp =
-        Var::from_tensor(&t2(&d.logp, &d, &Device::Cpu).to_dtype(DType::F64).unwrap()).unwrap();
-    let op = FusedGrpoLoss::new(
-        d.rows,
-        d.max_len,
-        d.old.clone(),
-        vec![],
-        d.adv.clone(),
-        vec![],
-        d.mask.clone(),
-        plain(),
-    )
-    .unwrap();
+    let logp = Var::from_tensor(&t2(&d.logp, &d, &Device::Cpu).to_dtype(DType::F64).unwrap()).unwrap();
+    let op =
+        FusedGrpoLoss::new(d.rows, d.max_len, d.old.clone(), vec![], d.adv.clone(), vec![], d.mask.clone(), plain())
+            .unwrap();
     let (loss, _) = op.apply(logp.as_tensor()).unwrap();
     assert_eq!(loss.dtype(), DType::F64);
     assert!(close(loss.to_scalar::<f64>().unwrap(), -2.4, 1e-12));
-    let g = loss
-        .backward()
-        .unwrap()
-        .get(&logp)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
+    let g = loss.backward().unwrap().get(&logp).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     assert!(close(g[1], -0.4, 1e-6));
     // Wrong shape is a typed error, not a panic.
-    let op = FusedGrpoLoss::new(
-        2,
-        2,
-        vec![0.0; 4],
-        vec![],
-        vec![0.0; 4],
-        vec![],
-        vec![1.0; 4],
-        plain(),
-    )
-    .unwrap();
-    assert!(matches!(
-        op.apply(logp.as_tensor()),
-        Err(LearnerError::BadInput(_))
-    ));
+    let op = FusedGrpoLoss::new(2, 2, vec![0.0; 4], vec![], vec![0.0; 4], vec![], vec![1.0; 4], plain()).unwrap();
+    assert!(matches!(op.apply(logp.as_tensor()), Err(LearnerError::BadInput(_))));
 }
 
 #[test]
 fn tensor_path_errors_are_typed() {
     let dev = Device::Cpu;
     let d = agg_data();
-    let (logp, old, adv, mask) = (
-        t2(&d.logp, &d, &dev),
-        t2(&d.old, &d, &dev),
-        t2(&d.adv, &d, &dev),
-        t2(&d.mask, &d, &dev),
-    );
-    let base = LossTensors {
-        logp: &logp,
-        logp_old: &old,
-        logp_ref: None,
-        advantages: &adv,
-        entropy: None,
-        mask: &mask,
-    };
-    let kl = LossConfig {
-        kl: Some((KlEstimator::K2, 0.1)),
-        ..plain()
-    };
-    assert!(matches!(
-        grpo_loss_tensors(&base, &kl),
-        Err(LearnerError::BadInput(_))
-    ));
-    let ent = LossConfig {
-        entropy_coef: 0.1,
-        ..plain()
-    };
-    assert!(matches!(
-        grpo_loss_tensors(&base, &ent),
-        Err(LearnerError::BadInput(_))
-    ));
+    let (logp, old, adv, mask) =
+        (t2(&d.logp, &d, &dev), t2(&d.old, &d, &dev), t2(&d.adv, &d, &dev), t2(&d.mask, &d, &dev));
+    let base =
+        LossTensors { logp: &logp, logp_old: &old, logp_ref: None, advantages: &adv, entropy: None, mask: &mask };
+    let kl = LossConfig { kl: Some((KlEstimator::K2, 0.1)), ..plain() };
+    assert!(matches!(grpo_loss_tensors(&base, &kl), Err(LearnerError::BadInput(_))));
+    let ent = LossConfig { entropy_coef: 0.1, ..plain() };
+    assert!(matches!(grpo_loss_tensors(&base, &ent), Err(LearnerError::BadInput(_))));
     let nan = t2(&[f32::NAN; 9], &d, &dev);
-    let bad = LossTensors {
-        logp_old: &nan,
-        ..base
-    };
-    assert!(matches!(
-        grpo_loss_tensors(&bad, &plain()),
-        Err(LearnerError::NonFinite {
-            name: "logp_old",
-            index: 0
-        })
-    ));
+    let bad = LossTensors { logp_old: &nan, ..base };
+    assert!(matches!(grpo_loss_tensors(&bad, &plain()), Err(LearnerError::NonFinite { name: "logp_old", index: 0 })));
     let zero = t2(&[0.0; 9], &d, &dev);
-    let bad = LossTensors {
-        mask: &zero,
-        ..base
-    };
-    assert!(matches!(
-        grpo_loss_tensors(&bad, &plain()),
-        Err(LearnerError::EmptyMask)
-    ));
+    let bad = LossTensors { mask: &zero, ..base };
+    assert!(matches!(grpo_loss_tensors(&bad, &plain()), Err(LearnerError::EmptyMask)));
     let short = Tensor::zeros((3, 2), DType::F32, &dev).unwrap();
-    let bad = LossTensors {
-        advantages: &short,
-        ..base
-    };
-    assert!(matches!(
-        grpo_loss_tensors(&bad, &plain()),
-        Err(LearnerError::BadInput(_))
-    ));
+    let bad = LossTensors { advantages: &short, ..base };
+    assert!(matches!(grpo_loss_tensors(&bad, &plain()), Err(LearnerError::BadInput(_))));
     // aggregate() applies the same weights as the loss.
     let x = t2(&d.adv, &d, &dev);
-    let v = aggregate(&x, &mask, LossAggregation::SeqMeanTokenSum)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let v = aggregate(&x, &mask, LossAggregation::SeqMeanTokenSum).unwrap().to_scalar::<f64>().unwrap();
     assert!(close(v, 6.0, 1e-12));
 }

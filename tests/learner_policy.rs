@@ -8,12 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 fn small() -> PolicyConfig {
-    PolicyConfig {
-        vocab: 32,
-        hidden: 8,
-        max_action_tokens: 4,
-        max_observation_tokens: 16,
-    }
+    PolicyConfig { vocab: 32, hidden: 8, max_action_tokens: 4, max_observation_tokens: 16 }
 }
 
 fn policy(seed: u64) -> Policy {
@@ -30,24 +25,12 @@ fn tokenizer_is_deterministic_and_bounded() {
     let q = policy(99); // the tokenizer does not depend on the parameter seed
     let t = p.tokenize_action("Pick up, the KEY");
     assert_eq!(t, q.tokenize_action("pick up , the key"));
-    assert_eq!(
-        t.len(),
-        4,
-        "3 words + EOS at max_action_tokens = 4 (the 5th token is cut)"
-    );
+    assert_eq!(t.len(), 4, "3 words + EOS at max_action_tokens = 4 (the 5th token is cut)");
     assert_eq!(t[3], EOS);
-    assert!(
-        t[..3]
-            .iter()
-            .all(|&x| x >= RESERVED_TOKENS && (x as usize) < 32)
-    );
+    assert!(t[..3].iter().all(|&x| x >= RESERVED_TOKENS && (x as usize) < 32));
     assert_eq!(
         p.tokenize_observation("a, b"),
-        vec![
-            p.tokenize_observation("a")[0],
-            p.tokenize_observation(",")[0],
-            p.tokenize_observation("b")[0]
-        ]
+        vec![p.tokenize_observation("a")[0], p.tokenize_observation(",")[0], p.tokenize_observation("b")[0]]
     );
     let long = "w ".repeat(100);
     assert_eq!(p.tokenize_observation(&long).len(), 16);
@@ -56,46 +39,19 @@ fn tokenizer_is_deterministic_and_bounded() {
 #[test]
 fn config_errors() {
     for c in [
-        PolicyConfig {
-            vocab: 2,
-            ..small()
-        },
-        PolicyConfig {
-            hidden: 0,
-            ..small()
-        },
-        PolicyConfig {
-            max_action_tokens: 0,
-            ..small()
-        },
+        PolicyConfig { vocab: 2, ..small() },
+        PolicyConfig { hidden: 0, ..small() },
+        PolicyConfig { max_action_tokens: 0, ..small() },
     ] {
-        assert!(matches!(
-            Policy::new(&c, &Device::Cpu, 0),
-            Err(LearnerError::BadConfig(_))
-        ));
+        assert!(matches!(Policy::new(&c, &Device::Cpu, 0), Err(LearnerError::BadConfig(_))));
     }
 }
 
 #[test]
 fn same_seed_same_policy_other_seed_differs() {
-    let a = policy(3)
-        .token_logps(&["room"], &[&[5, 6, EOS]], 3)
-        .unwrap()
-        .0
-        .to_vec2::<f32>()
-        .unwrap();
-    let b = policy(3)
-        .token_logps(&["room"], &[&[5, 6, EOS]], 3)
-        .unwrap()
-        .0
-        .to_vec2::<f32>()
-        .unwrap();
-    let c = policy(4)
-        .token_logps(&["room"], &[&[5, 6, EOS]], 3)
-        .unwrap()
-        .0
-        .to_vec2::<f32>()
-        .unwrap();
+    let a = policy(3).token_logps(&["room"], &[&[5, 6, EOS]], 3).unwrap().0.to_vec2::<f32>().unwrap();
+    let b = policy(3).token_logps(&["room"], &[&[5, 6, EOS]], 3).unwrap().0.to_vec2::<f32>().unwrap();
+    let c = policy(4).token_logps(&["room"], &[&[5, 6, EOS]], 3).unwrap().0.to_vec2::<f32>().unwrap();
     assert_eq!(a, b);
     assert_ne!(a, c);
 }
@@ -115,10 +71,7 @@ fn token_logps_are_a_log_softmax_with_matching_entropy() {
     let ent = ent.to_vec2::<f32>().unwrap();
     let total: f64 = logp.iter().map(|r| f64::from(r[1]).exp()).sum();
     assert!((total - 1.0).abs() < 1e-5, "{total}");
-    let h: f64 = -logp
-        .iter()
-        .map(|r| f64::from(r[1]).exp() * f64::from(r[1]))
-        .sum::<f64>();
+    let h: f64 = -logp.iter().map(|r| f64::from(r[1]).exp() * f64::from(r[1])).sum::<f64>();
     assert!((h - f64::from(ent[0][1])).abs() < 1e-4);
     // The first position is conditioned on BOS only, so it is the same in every row.
     assert!(logp.iter().all(|r| r[0] == logp[0][0]));
@@ -151,22 +104,10 @@ fn batched_rows_equal_single_rows() {
 #[test]
 fn token_logps_input_errors() {
     let p = policy(0);
-    assert!(matches!(
-        p.token_logps(&["a", "b"], &[&[2]], 1),
-        Err(LearnerError::BadInput(_))
-    ));
-    assert!(matches!(
-        p.token_logps(&[], &[], 1),
-        Err(LearnerError::BadInput(_))
-    ));
-    assert!(matches!(
-        p.token_logps(&["a"], &[&[2, 3]], 1),
-        Err(LearnerError::BadInput(_))
-    ));
-    assert!(matches!(
-        p.token_logps(&["a"], &[&[32]], 1),
-        Err(LearnerError::BadInput(_))
-    ));
+    assert!(matches!(p.token_logps(&["a", "b"], &[&[2]], 1), Err(LearnerError::BadInput(_))));
+    assert!(matches!(p.token_logps(&[], &[], 1), Err(LearnerError::BadInput(_))));
+    assert!(matches!(p.token_logps(&["a"], &[&[2, 3]], 1), Err(LearnerError::BadInput(_))));
+    assert!(matches!(p.token_logps(&["a"], &[&[32]], 1), Err(LearnerError::BadInput(_))));
 }
 
 #[test]
@@ -177,13 +118,7 @@ fn gradient_reaches_every_parameter() {
     let grads = logp.sum_all().unwrap().backward().unwrap();
     for v in p.varmap().all_vars() {
         let g = grads.get(&v).expect("every parameter gets a gradient");
-        let n = g
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let n = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(n > 0.0, "zero gradient for {:?}", v.dims());
     }
 }
@@ -194,9 +129,7 @@ fn sampling_follows_scores_and_greedy_takes_the_argmax() {
     let admissible = acts(&["go north", "go south", "take lamp", "wait"]);
     let obs = "you are in a hall with a lamp";
     let probs = p.action_probs(obs, &admissible, 1.0).unwrap();
-    let argmax = (0..4)
-        .max_by(|&i, &j| probs[i].total_cmp(&probs[j]))
-        .unwrap();
+    let argmax = (0..4).max_by(|&i, &j| probs[i].total_cmp(&probs[j])).unwrap();
     assert_eq!(p.greedy(obs, &admissible).unwrap(), argmax);
 
     let mut rng = ChaCha8Rng::seed_from_u64(9);
@@ -209,11 +142,7 @@ fn sampling_follows_scores_and_greedy_takes_the_argmax() {
     for i in 0..4 {
         let f = counts[i] as f64 / n as f64;
         let sd = (probs[i] * (1.0 - probs[i]) / n as f64).sqrt();
-        assert!(
-            (f - probs[i]).abs() < 5.0 * sd + 1e-3,
-            "action {i}: {f} vs {}",
-            probs[i]
-        );
+        assert!((f - probs[i]).abs() < 5.0 * sd + 1e-3, "action {i}: {f} vs {}", probs[i]);
     }
 
     // Score = sum of per-token log-probs: the log-odds of two actions equal
@@ -240,9 +169,7 @@ fn sampling_is_reproducible_with_a_seeded_rng() {
     let admissible = acts(&["a", "b", "c"]);
     let run = |seed| {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        (0..50)
-            .map(|_| p.act("x", &admissible, 1.0, &mut rng).unwrap().index)
-            .collect::<Vec<_>>()
+        (0..50).map(|_| p.act("x", &admissible, 1.0, &mut rng).unwrap().index).collect::<Vec<_>>()
     };
     assert_eq!(run(3), run(3));
 }
@@ -253,15 +180,9 @@ fn act_input_errors() {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let a = acts(&["x"]);
     for t in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        assert!(matches!(
-            p.act("o", &a, t, &mut rng),
-            Err(LearnerError::BadInput(_))
-        ));
+        assert!(matches!(p.act("o", &a, t, &mut rng), Err(LearnerError::BadInput(_))));
     }
-    assert!(matches!(
-        p.act("o", &[], 1.0, &mut rng),
-        Err(LearnerError::BadInput(_))
-    ));
+    assert!(matches!(p.act("o", &[], 1.0, &mut rng), Err(LearnerError::BadInput(_))));
     assert!(matches!(p.greedy("o", &[]), Err(LearnerError::BadInput(_))));
 }
 
@@ -270,38 +191,13 @@ fn clone_frozen_is_a_deep_copy() {
     let p = policy(0);
     let frozen = p.clone_frozen().unwrap();
     let a = [5u32, EOS];
-    let before = frozen
-        .token_logps(&["o"], &[&a], 2)
-        .unwrap()
-        .0
-        .to_vec2::<f32>()
-        .unwrap();
-    assert_eq!(
-        before,
-        p.token_logps(&["o"], &[&a], 2)
-            .unwrap()
-            .0
-            .to_vec2::<f32>()
-            .unwrap()
-    );
+    let before = frozen.token_logps(&["o"], &[&a], 2).unwrap().0.to_vec2::<f32>().unwrap();
+    assert_eq!(before, p.token_logps(&["o"], &[&a], 2).unwrap().0.to_vec2::<f32>().unwrap());
     // Overwrite every parameter of the original.
     for v in p.varmap().all_vars() {
-        v.set(&Tensor::zeros(v.shape(), v.dtype(), v.device()).unwrap())
-            .unwrap();
+        v.set(&Tensor::zeros(v.shape(), v.dtype(), v.device()).unwrap()).unwrap();
     }
-    let after = frozen
-        .token_logps(&["o"], &[&a], 2)
-        .unwrap()
-        .0
-        .to_vec2::<f32>()
-        .unwrap();
+    let after = frozen.token_logps(&["o"], &[&a], 2).unwrap().0.to_vec2::<f32>().unwrap();
     assert_eq!(before, after);
-    assert_ne!(
-        after,
-        p.token_logps(&["o"], &[&a], 2)
-            .unwrap()
-            .0
-            .to_vec2::<f32>()
-            .unwrap()
-    );
+    assert_ne!(after, p.token_logps(&["o"], &[&a], 2).unwrap().0.to_vec2::<f32>().unwrap());
 }

@@ -4,28 +4,19 @@
 
 use candle_core::Device;
 use g2po::learner::{
-    KlEstimator, Learner, LearnerConfig, LearnerError, LossAggregation, LossConfig, UpdateBatch,
-    UpdateRow,
+    KlEstimator, Learner, LearnerConfig, LearnerError, LossAggregation, LossConfig, UpdateBatch, UpdateRow,
 };
 use g2po::policy::{Policy, PolicyConfig};
 
 const OBS: &str = "you are in a hall; a lamp is here";
 
 fn new_policy(seed: u64) -> Policy {
-    let c = PolicyConfig {
-        vocab: 64,
-        hidden: 16,
-        max_action_tokens: 4,
-        max_observation_tokens: 32,
-    };
+    let c = PolicyConfig { vocab: 64, hidden: 16, max_action_tokens: 4, max_observation_tokens: 32 };
     Policy::new(&c, &Device::Cpu, seed).unwrap()
 }
 
 fn admissible() -> Vec<String> {
-    ["take lamp", "go north", "go south", "wait"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    ["take lamp", "go north", "go south", "wait"].iter().map(|s| s.to_string()).collect()
 }
 
 /// One row per admissible action, sampled-policy logps from `p`; advantage
@@ -52,27 +43,11 @@ fn params(p: &Policy) -> Vec<f32> {
     let data = p.varmap().data().lock().unwrap();
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
-    names
-        .iter()
-        .flat_map(|n| {
-            data[*n]
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        })
-        .collect()
+    names.iter().flat_map(|n| data[*n].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
 }
 
 fn config(fused: bool) -> LearnerConfig {
-    LearnerConfig {
-        lr: 0.01,
-        ppo_epochs: 2,
-        minibatch_size: 3,
-        fused,
-        ..LearnerConfig::default()
-    }
+    LearnerConfig { lr: 0.01, ppo_epochs: 2, minibatch_size: 3, fused, ..LearnerConfig::default() }
 }
 
 #[test]
@@ -88,29 +63,15 @@ fn positive_advantage_raises_the_action_probability() {
                 stats.push(learner.update(&p, None, &b).unwrap());
             }
             let after = p.action_probs(OBS, &admissible(), 1.0).unwrap()[good];
-            assert!(
-                after > before + 0.05,
-                "fused={fused} good={good}: {before} -> {after}"
-            );
+            assert!(after > before + 0.05, "fused={fused} good={good}: {before} -> {after}");
             // 4 rows, mini-batches of 3, 2 epochs -> 4 optimiser steps per update.
             assert!(stats.iter().all(|s| s.minibatches == 4));
             // The data goes stale over the updates: the policy moves away from it.
             assert!(stats[4].approx_kl_old.abs() > stats[0].approx_kl_old.abs());
-            assert!(
-                stats[4].clip_fraction > 0.0,
-                "the ratio leaves the trust region"
-            );
-            assert!(
-                stats[0].grad_norm > 0.0 && stats.iter().all(|s| s.entropy > 0.0),
-                "{stats:?}"
-            );
+            assert!(stats[4].clip_fraction > 0.0, "the ratio leaves the trust region");
+            assert!(stats[0].grad_norm > 0.0 && stats.iter().all(|s| s.entropy > 0.0), "{stats:?}");
             // Once every token is clipped, PPO stops pushing: no gradient.
-            assert!(
-                stats
-                    .iter()
-                    .all(|s| s.clip_fraction < 1.0 || s.grad_norm == 0.0),
-                "{stats:?}"
-            );
+            assert!(stats.iter().all(|s| s.clip_fraction < 1.0 || s.grad_norm == 0.0), "{stats:?}");
         }
     }
 }
@@ -132,14 +93,7 @@ fn fused_and_tensor_paths_take_the_same_steps() {
         for fused in [true, false] {
             let p = new_policy(7);
             let reference = p.clone_frozen().unwrap();
-            let mut learner = Learner::new(
-                LearnerConfig {
-                    loss,
-                    ..config(fused)
-                },
-                &p,
-            )
-            .unwrap();
+            let mut learner = Learner::new(LearnerConfig { loss, ..config(fused) }, &p).unwrap();
             let b = batch(&p, 1);
             let mut stats = Vec::new();
             for _ in 0..3 {
@@ -149,25 +103,15 @@ fn fused_and_tensor_paths_take_the_same_steps() {
         }
         let (pa, sa) = &out[0];
         let (pb, sb) = &out[1];
-        let max_diff = pa
-            .iter()
-            .zip(pb)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let max_diff = pa.iter().zip(pb).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(max_diff < 1e-4, "{loss:?}: parameters differ by {max_diff}");
         for (a, b) in sa.iter().zip(sb) {
-            assert!(
-                (a.loss - b.loss).abs() < 1e-4
-                    && (a.grad_norm - b.grad_norm).abs() < 1e-3 * (1.0 + a.grad_norm)
-            );
+            assert!((a.loss - b.loss).abs() < 1e-4 && (a.grad_norm - b.grad_norm).abs() < 1e-3 * (1.0 + a.grad_norm));
             assert!((a.kl_ref - b.kl_ref).abs() < 1e-6 && (a.entropy - b.entropy).abs() < 1e-5);
         }
         if loss.kl.is_some() {
             // Policy == reference at the first step (k3 >= 0), apart afterwards.
-            assert!(
-                sa[0].kl_ref >= 0.0 && sa[0].kl_ref < 0.05 && sa[2].kl_ref > sa[0].kl_ref,
-                "{sa:?}"
-            );
+            assert!(sa[0].kl_ref >= 0.0 && sa[0].kl_ref < 0.05 && sa[2].kl_ref > sa[0].kl_ref, "{sa:?}");
         }
     }
 }
@@ -182,21 +126,11 @@ fn gradient_clipping_bounds_the_step() {
     let run = |max_grad_norm: f64| {
         let p = new_policy(3);
         let before = params(&p);
-        let c = LearnerConfig {
-            lr,
-            weight_decay: 0.0,
-            max_grad_norm,
-            ppo_epochs: 1,
-            minibatch_size: 64,
-            ..config(true)
-        };
+        let c =
+            LearnerConfig { lr, weight_decay: 0.0, max_grad_norm, ppo_epochs: 1, minibatch_size: 64, ..config(true) };
         let mut learner = Learner::new(c, &p).unwrap();
         let stats = learner.update(&p, None, &batch(&p, 0)).unwrap();
-        let step = params(&p)
-            .iter()
-            .zip(&before)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let step = params(&p).iter().zip(&before).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         (stats, step)
     };
     let (free, free_step) = run(f64::INFINITY);
@@ -212,15 +146,7 @@ fn gradient_clipping_bounds_the_step() {
 fn updates_are_deterministic() {
     let run = || {
         let p = new_policy(11);
-        let mut learner = Learner::new(
-            LearnerConfig {
-                minibatch_size: 1,
-                seed: 42,
-                ..config(true)
-            },
-            &p,
-        )
-        .unwrap();
+        let mut learner = Learner::new(LearnerConfig { minibatch_size: 1, seed: 42, ..config(true) }, &p).unwrap();
         let b = batch(&p, 3);
         let s = learner.update(&p, None, &b).unwrap();
         (params(&p), s)
@@ -238,81 +164,33 @@ fn update_input_errors() {
     let other = new_policy(0);
     let mut learner = Learner::new(config(true), &p).unwrap();
     let good = batch(&p, 0);
-    assert!(
-        matches!(
-            learner.update(&other, None, &good),
-            Err(LearnerError::BadInput(_))
-        ),
-        "foreign policy"
-    );
-    assert!(matches!(
-        learner.update(&p, None, &UpdateBatch::default()),
-        Err(LearnerError::BadInput(_))
-    ));
+    assert!(matches!(learner.update(&other, None, &good), Err(LearnerError::BadInput(_))), "foreign policy");
+    assert!(matches!(learner.update(&p, None, &UpdateBatch::default()), Err(LearnerError::BadInput(_))));
     let mut bad = good.clone();
     bad.rows[1].old_logps.pop();
-    assert!(matches!(
-        learner.update(&p, None, &bad),
-        Err(LearnerError::BadInput(_))
-    ));
+    assert!(matches!(learner.update(&p, None, &bad), Err(LearnerError::BadInput(_))));
     let mut bad = good.clone();
     bad.rows[0].advantage = f32::NAN;
-    assert!(matches!(
-        learner.update(&p, None, &bad),
-        Err(LearnerError::NonFinite { .. })
-    ));
+    assert!(matches!(learner.update(&p, None, &bad), Err(LearnerError::NonFinite { .. })));
     let mut bad = good.clone();
     for r in &mut bad.rows {
         r.action_tokens.clear();
         r.old_logps.clear();
     }
-    assert!(matches!(
-        learner.update(&p, None, &bad),
-        Err(LearnerError::EmptyMask)
-    ));
+    assert!(matches!(learner.update(&p, None, &bad), Err(LearnerError::EmptyMask)));
     let kl = LearnerConfig {
-        loss: LossConfig {
-            kl: Some((KlEstimator::K1, 0.1)),
-            ..LossConfig::default()
-        },
+        loss: LossConfig { kl: Some((KlEstimator::K1, 0.1)), ..LossConfig::default() },
         ..config(true)
     };
     let mut with_kl = Learner::new(kl, &p).unwrap();
-    assert!(
-        matches!(
-            with_kl.update(&p, None, &good),
-            Err(LearnerError::BadInput(_))
-        ),
-        "missing reference"
-    );
+    assert!(matches!(with_kl.update(&p, None, &good), Err(LearnerError::BadInput(_))), "missing reference");
     for c in [
-        LearnerConfig {
-            lr: 0.0,
-            ..config(true)
-        },
-        LearnerConfig {
-            betas: (1.0, 0.999),
-            ..config(true)
-        },
-        LearnerConfig {
-            max_grad_norm: 0.0,
-            ..config(true)
-        },
-        LearnerConfig {
-            ppo_epochs: 0,
-            ..config(true)
-        },
-        LearnerConfig {
-            loss: LossConfig {
-                dual_clip: Some(0.9),
-                ..LossConfig::default()
-            },
-            ..config(true)
-        },
+        LearnerConfig { lr: 0.0, ..config(true) },
+        LearnerConfig { betas: (1.0, 0.999), ..config(true) },
+        LearnerConfig { max_grad_norm: 0.0, ..config(true) },
+        LearnerConfig { ppo_epochs: 0, ..config(true) },
+        LearnerConfig { loss: LossConfig { dual_clip: Some(0.9), ..LossConfig::default() }, ..config(true) },
     ] {
-        assert!(matches!(
-            Learner::new(c, &p),
-            Err(LearnerError::BadConfig(_))
-        ));
+        assert!(matches!(Learner::new(c, &p), Err(LearnerError::BadConfig(_))));
     }
 }

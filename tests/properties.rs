@@ -417,11 +417,6 @@ proptest! {
     /// GiGPO on a batch whose groups interleave (step-major across the whole
     /// batch, as a vectorised environment over several tasks emits rows).
     #[test]
-    #[ignore = "BUG: GiGPO panics (debug: 'attempt to subtract with overflow') on batches whose groups are not \
-                contiguous: src/estimators.rs renumber_step_groups_batch_wide evaluates \
-                `row_pos.map_or(row - offsets[g], ...)`, and map_or evaluates its default eagerly, so `row - offsets[g]` \
-                underflows whenever a row precedes its group's CSR offset. Release builds wrap and discard the value. \
-                Fix: `map_or_else(|| row - offsets[g], |p| p[row] as usize)` or a match"]
     fn gigpo_on_interleaved_groups_matches_trajectory_major(case in case_strategy()) {
         check_order_invariance(&case, &fully_interleaved(&case), &[EstimatorKind::Gigpo])?;
     }

@@ -135,10 +135,7 @@ impl Tabular for Chain {
             0 => (s + 1).min(self.n),
             1 => s,
             _ => {
-                return Err(EnvError::UnknownAction {
-                    action: format!("#{action}"),
-                    state: s,
-                });
+                return Err(EnvError::UnknownAction { action: format!("#{action}"), state: s });
             }
         };
         Ok((next, next == self.n))

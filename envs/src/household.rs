@@ -117,12 +117,7 @@ impl TaskType {
     /// ```
     /// assert_eq!(g2po_envs::TaskType::ALL.len(), 4);
     /// ```
-    pub const ALL: [TaskType; 4] = [
-        TaskType::PickAndPlace,
-        TaskType::Heat,
-        TaskType::Cool,
-        TaskType::Clean,
-    ];
+    pub const ALL: [TaskType; 4] = [TaskType::PickAndPlace, TaskType::Heat, TaskType::Cool, TaskType::Clean];
 
     /// The state flag the goal object must carry (0 for pick-and-place).
     fn flag(self) -> u8 {
@@ -214,11 +209,7 @@ pub struct Household {
 impl Default for Household {
     fn default() -> Self {
         let (task, state) = Self::make_task(0, 4);
-        Household {
-            num_objects: 4,
-            task,
-            state,
-        }
+        Household { num_objects: 4, task, state }
     }
 }
 
@@ -239,11 +230,7 @@ impl Household {
             });
         }
         let (task, state) = Self::make_task(0, num_objects);
-        Ok(Household {
-            num_objects,
-            task,
-            state,
-        })
+        Ok(Household { num_objects, task, state })
     }
 
     /// The current task's type.
@@ -345,9 +332,7 @@ impl Household {
     fn draw_task(seed: u64, num_objects: usize) -> Task {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let task_type = TaskType::ALL[rng.random_range(0..TaskType::ALL.len())];
-        let candidates: Vec<usize> = (0..CATALOGUE.len())
-            .filter(|&k| task_type.supports(k))
-            .collect();
+        let candidates: Vec<usize> = (0..CATALOGUE.len()).filter(|&k| task_type.supports(k)).collect();
         let goal_kind = candidates[rng.random_range(0..candidates.len())];
         let mut others: Vec<usize> = (0..CATALOGUE.len()).filter(|&k| k != goal_kind).collect();
         let mut kinds = vec![goal_kind];
@@ -377,21 +362,12 @@ impl Household {
         for p in place.iter_mut().take(task.kinds.len()) {
             *p = STORAGE[rng.random_range(0..STORAGE.len())] as u8;
         }
-        State {
-            at: HALLWAY,
-            place,
-            flags: [0; MAX_OBJECTS],
-            open: 0,
-        }
+        State { at: HALLWAY, place, flags: [0; MAX_OBJECTS], open: 0 }
     }
 
     fn draw_target(seed: u64, start_place: u8) -> usize {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5851_f42d_4c95_7f2d);
-        let choices: Vec<usize> = STORAGE
-            .iter()
-            .copied()
-            .filter(|&r| r as u8 != start_place)
-            .collect();
+        let choices: Vec<usize> = STORAGE.iter().copied().filter(|&r| r as u8 != start_place).collect();
         choices[rng.random_range(0..choices.len())]
     }
 
@@ -441,11 +417,7 @@ impl Household {
         if s.at != HALLWAY {
             let r = s.at as usize;
             if RECEPTACLES[r].2 {
-                acts.push(if Self::visible(s, r) {
-                    Act::Close(r)
-                } else {
-                    Act::Open(r)
-                });
+                acts.push(if Self::visible(s, r) { Act::Close(r) } else { Act::Open(r) });
             }
             if Self::visible(s, r) {
                 match held {
@@ -471,9 +443,7 @@ impl Household {
         }
         acts.push(Act::Look);
         acts.push(Act::Inventory);
-        acts.into_iter()
-            .map(|a| (self.command_text(a), a))
-            .collect()
+        acts.into_iter().map(|a| (self.command_text(a), a)).collect()
     }
 
     fn apply(&self, s: &State, a: Act) -> State {
@@ -513,11 +483,8 @@ impl Household {
         if s.at == HALLWAY {
             t.push_str("You are in the hallway.");
             for room in ["kitchen", "livingroom", "bedroom"] {
-                let names: Vec<String> = RECEPTACLES
-                    .iter()
-                    .filter(|r| r.1 == room)
-                    .map(|r| with_article(r.0))
-                    .collect();
+                let names: Vec<String> =
+                    RECEPTACLES.iter().filter(|r| r.1 == room).map(|r| with_article(r.0)).collect();
                 t.push_str(&format!(" The {room} has {}.", join_list(&names)));
             }
         } else {
@@ -529,20 +496,14 @@ impl Household {
                     .filter(|&o| s.place[o] as usize == r)
                     .map(|o| self.describe_obj(s, o))
                     .collect();
-                let list = if here.is_empty() {
-                    "nothing".to_string()
-                } else {
-                    join_list(&here)
-                };
+                let list = if here.is_empty() { "nothing".to_string() } else { join_list(&here) };
                 let cap = if prep == "in" { "In" } else { "On" };
                 t.push_str(&format!(" {cap} the {name} you see {list}."));
             } else {
                 t.push_str(&format!(" The {name} is closed."));
             }
         }
-        let carrying = self
-            .held(s)
-            .map_or_else(|| "nothing".to_string(), |o| self.describe_obj(s, o));
+        let carrying = self.held(s).map_or_else(|| "nothing".to_string(), |o| self.describe_obj(s, o));
         t.push_str(&format!(" You are carrying {carrying}."));
         t.push_str(&format!(" Your task is to: {}", self.goal_text()));
         t
@@ -563,11 +524,7 @@ impl Household {
         Observation {
             text: self.text(&self.state),
             key: self.key(&self.state),
-            admissible: self
-                .commands(&self.state)
-                .into_iter()
-                .map(|(t, _)| t)
-                .collect(),
+            admissible: self.commands(&self.state).into_iter().map(|(t, _)| t).collect(),
         }
     }
 }
@@ -602,10 +559,7 @@ impl Environment for Household {
         let act = if done_before {
             None
         } else {
-            self.commands(&self.state)
-                .into_iter()
-                .find(|(t, _)| t == action)
-                .map(|(_, a)| a)
+            self.commands(&self.state).into_iter().find(|(t, _)| t == action).map(|(_, a)| a)
         };
         match act {
             Some(a) => {
@@ -622,13 +576,7 @@ impl Environment for Household {
             None => {
                 let mut observation = self.observe();
                 observation.text = "Nothing happens.".into();
-                StepOutcome {
-                    observation,
-                    reward: 0.0,
-                    done: done_before,
-                    valid: false,
-                    success: done_before,
-                }
+                StepOutcome { observation, reward: 0.0, done: done_before, valid: false, success: done_before }
             }
         }
     }
@@ -698,11 +646,7 @@ mod tests {
                 let plan = scripted_plan(&env);
                 let bfs = env.optimal_plan().unwrap();
                 // The script is optimal (every step is needed), so BFS must agree on length.
-                assert_eq!(
-                    plan.len(),
-                    bfs.len(),
-                    "{tt} seed {seed}: {plan:?} vs {bfs:?}"
-                );
+                assert_eq!(plan.len(), bfs.len(), "{tt} seed {seed}: {plan:?} vs {bfs:?}");
                 assert!((4..=8).contains(&plan.len()));
                 let n = plan.len();
                 for (i, a) in plan.iter().enumerate() {
@@ -729,10 +673,7 @@ mod tests {
         env.reset(seed);
         let plan = scripted_plan(&env);
         // Skip the appliance: go to object, (open), take, then straight to target and put.
-        let skip: Vec<&String> = plan
-            .iter()
-            .filter(|a| !a.starts_with("heat") && *a != "go to microwave")
-            .collect();
+        let skip: Vec<&String> = plan.iter().filter(|a| !a.starts_with("heat") && *a != "go to microwave").collect();
         let mut last = None;
         for a in skip {
             last = Some(env.step(a));
@@ -779,11 +720,7 @@ mod tests {
                     seen_now.insert(obs.key);
                     let prev = text_of_key.insert(obs.key, obs.text.clone());
                     assert!(prev.is_none_or(|p| p == obs.text));
-                    assert!(
-                        !obs.text.chars().any(|c| c.is_ascii_digit()),
-                        "{}",
-                        obs.text
-                    );
+                    assert!(!obs.text.chars().any(|c| c.is_ascii_digit()), "{}", obs.text);
                     // Each admissible command is valid from this state.
                     for a in &obs.admissible {
                         let mut probe = env.clone();
@@ -810,10 +747,7 @@ mod tests {
             let mut env = Household::default();
             let mut v = vec![env.reset(seed)];
             let plan = env.optimal_plan().unwrap();
-            for a in plan
-                .iter()
-                .chain(["look".to_string(), "x".to_string()].iter())
-            {
+            for a in plan.iter().chain(["look".to_string(), "x".to_string()].iter()) {
                 v.push(env.step(a).observation);
             }
             v

@@ -212,12 +212,7 @@ impl EnvKind {
     /// ```
     /// assert_eq!(g2po_envs::EnvKind::ALL.len(), 4);
     /// ```
-    pub const ALL: [EnvKind; 4] = [
-        EnvKind::Chain,
-        EnvKind::LostRobot,
-        EnvKind::Household,
-        EnvKind::LowOverlap,
-    ];
+    pub const ALL: [EnvKind; 4] = [EnvKind::Chain, EnvKind::LostRobot, EnvKind::Household, EnvKind::LowOverlap];
 
     /// The canonical name (what `Display` prints and `FromStr` accepts).
     ///
@@ -243,10 +238,7 @@ impl fmt::Display for EnvKind {
 impl FromStr for EnvKind {
     type Err = EnvError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        EnvKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| EnvError::UnknownEnv(s.to_string()))
+        EnvKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| EnvError::UnknownEnv(s.to_string()))
     }
 }
 
@@ -330,10 +322,7 @@ mod tests {
         for k in EnvKind::ALL {
             assert_eq!(k.to_string().parse::<EnvKind>().unwrap(), k);
         }
-        assert!(matches!(
-            "Chain".parse::<EnvKind>(),
-            Err(EnvError::UnknownEnv(_))
-        ));
+        assert!(matches!("Chain".parse::<EnvKind>(), Err(EnvError::UnknownEnv(_))));
     }
 
     #[test]

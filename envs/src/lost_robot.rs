@@ -58,12 +58,7 @@ pub const DEFAULT_MAP: &str = "\
 ....G.....
 ..........";
 
-const MOVES: [(&str, isize, isize); 4] = [
-    ("north", -1, 0),
-    ("south", 1, 0),
-    ("east", 0, 1),
-    ("west", 0, -1),
-];
+const MOVES: [(&str, isize, isize); 4] = [("north", -1, 0), ("south", 1, 0), ("east", 0, 1), ("west", 0, -1)];
 
 /// A grid world with walls, one start and one charging station (goal).
 ///
@@ -110,11 +105,7 @@ impl LostRobot {
     /// assert!(LostRobot::from_ascii("S.\n.G.").is_err()); // ragged
     /// ```
     pub fn from_ascii(map: &str) -> Result<Self, EnvError> {
-        let rows: Vec<&str> = map
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
+        let rows: Vec<&str> = map.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         let height = rows.len();
         let width = rows.first().map_or(0, |r| r.chars().count());
         if height == 0 || width == 0 {
@@ -158,16 +149,7 @@ impl LostRobot {
         for (s, &cell) in cells.iter().enumerate() {
             index_of_cell[cell] = s;
         }
-        Ok(LostRobot {
-            width,
-            height,
-            wall,
-            start,
-            goal,
-            cells,
-            index_of_cell,
-            pos: start,
-        })
+        Ok(LostRobot { width, height, wall, start, goal, cells, index_of_cell, pos: start })
     }
 
     /// Grid size as (height, width).
@@ -212,11 +194,7 @@ impl LostRobot {
     fn moved(&self, (r, c): (usize, usize), m: usize) -> (usize, usize) {
         let (_, dr, dc) = MOVES[m];
         let (nr, nc) = (r as isize + dr, c as isize + dc);
-        if self.is_wall(nr, nc) {
-            (r, c)
-        } else {
-            (nr as usize, nc as usize)
-        }
+        if self.is_wall(nr, nc) { (r, c) } else { (nr as usize, nc as usize) }
     }
 
     fn observe(&self) -> Observation {
@@ -266,13 +244,9 @@ impl Environment for LostRobot {
                     success,
                 }
             }
-            _ => StepOutcome {
-                observation: self.observe(),
-                reward: 0.0,
-                done: at_goal,
-                valid: false,
-                success: at_goal,
-            },
+            _ => {
+                StepOutcome { observation: self.observe(), reward: 0.0, done: at_goal, valid: false, success: at_goal }
+            }
         }
     }
 }
@@ -296,10 +270,7 @@ impl Tabular for LostRobot {
     fn transition(&self, s: usize, action: usize) -> Result<(usize, bool), EnvError> {
         let cell = *self.cells.get(s).ok_or(EnvError::UnknownKey(s as u64))?;
         if action >= MOVES.len() {
-            return Err(EnvError::UnknownAction {
-                action: format!("#{action}"),
-                state: s,
-            });
+            return Err(EnvError::UnknownAction { action: format!("#{action}"), state: s });
         }
         let (r, c) = self.moved((cell / self.width, cell % self.width), action);
         Ok((self.index_of_cell[r * self.width + c], (r, c) == self.goal))
@@ -314,9 +285,7 @@ impl Tabular for LostRobot {
     }
 
     fn is_goal(&self, s: usize) -> bool {
-        self.cells
-            .get(s)
-            .is_some_and(|&c| c == self.goal.0 * self.width + self.goal.1)
+        self.cells.get(s).is_some_and(|&c| c == self.goal.0 * self.width + self.goal.1)
     }
 }
 
@@ -419,10 +388,7 @@ mod tests {
     #[test]
     fn map_errors() {
         for bad in ["", "S.\nG", "SxG", "S.S.G", "S.G.G", "S..", "..G"] {
-            assert!(
-                matches!(LostRobot::from_ascii(bad), Err(EnvError::InvalidMap(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(LostRobot::from_ascii(bad), Err(EnvError::InvalidMap(_))), "{bad:?}");
         }
     }
 }

@@ -57,17 +57,8 @@ pub const APIS: [&str; 12] = [
     "transfer_money",
 ];
 
-const PEOPLE: [&str; 8] = [
-    "Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi",
-];
-const FILES: [&str; 6] = [
-    "budget.xlsx",
-    "notes.txt",
-    "report.pdf",
-    "slides.pptx",
-    "photo.jpg",
-    "plan.docx",
-];
+const PEOPLE: [&str; 8] = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi"];
+const FILES: [&str; 6] = ["budget.xlsx", "notes.txt", "report.pdf", "slides.pptx", "photo.jpg", "plan.docx"];
 const DAYS: [&str; 5] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"];
 
 /// One task template: its sentence is filled from the seed; its calls are fixed.
@@ -77,27 +68,13 @@ struct Template {
 
 const TEMPLATES: [Template; 4] = [
     // Email the file F to P.
-    Template {
-        calls: &["login", "search_files", "attach_file", "send_email"],
-    },
+    Template { calls: &["login", "search_files", "attach_file", "send_email"] },
     // Schedule a meeting with P on D.
-    Template {
-        calls: &["login", "search_contacts", "get_calendar", "create_event"],
-    },
+    Template { calls: &["login", "search_contacts", "get_calendar", "create_event"] },
     // Pay P N dollars.
-    Template {
-        calls: &["login", "get_balance", "search_contacts", "transfer_money"],
-    },
+    Template { calls: &["login", "get_balance", "search_contacts", "transfer_money"] },
     // Summarise the file F for P.
-    Template {
-        calls: &[
-            "login",
-            "search_files",
-            "read_file",
-            "compose_email",
-            "send_email",
-        ],
-    },
+    Template { calls: &["login", "search_files", "read_file", "compose_email", "send_email"] },
 ];
 
 /// An AppWorld-like API-call task with fresh noise in every observation.
@@ -197,10 +174,7 @@ impl LowOverlap {
         let file = FILES[rng.random_range(0..FILES.len())];
         self.goal = match t {
             0 => format!("Email the file '{file}' to {person}."),
-            1 => format!(
-                "Schedule a meeting with {person} on {}.",
-                DAYS[rng.random_range(0..DAYS.len())]
-            ),
+            1 => format!("Schedule a meeting with {person} on {}.", DAYS[rng.random_range(0..DAYS.len())]),
             2 => format!("Pay {person} {} dollars.", 5 * rng.random_range(1..=40u32)),
             _ => format!("Summarise the file '{file}' for {person}."),
         };
@@ -212,16 +186,8 @@ impl LowOverlap {
     fn observe(&mut self) -> Observation {
         let nonce = self.noise.next_u64();
         self.clock += self.noise.random_range(1..=90u64);
-        let (h, m, s) = (
-            (self.clock / 3600) % 24,
-            (self.clock / 60) % 60,
-            self.clock % 60,
-        );
-        let made = if self.progress == 0 {
-            "none".to_string()
-        } else {
-            self.calls[..self.progress].join(", ")
-        };
+        let (h, m, s) = ((self.clock / 3600) % 24, (self.clock / 60) % 60, self.clock % 60);
+        let made = if self.progress == 0 { "none".to_string() } else { self.calls[..self.progress].join(", ") };
         let text = format!(
             "[request {nonce:016x} at {h:02}:{m:02}:{s:02}]\nTask: {}\nCalls made: {made}\nLast response: {}",
             self.goal, self.last_response
@@ -230,11 +196,7 @@ impl LowOverlap {
         bytes.extend_from_slice(&self.task_seed.to_le_bytes());
         bytes.extend_from_slice(&(self.progress as u64).to_le_bytes());
         bytes.extend_from_slice(&nonce.to_le_bytes());
-        Observation {
-            text,
-            key: fnv1a64(&bytes),
-            admissible: APIS.iter().map(|a| a.to_string()).collect(),
-        }
+        Observation { text, key: fnv1a64(&bytes), admissible: APIS.iter().map(|a| a.to_string()).collect() }
     }
 
     fn token(&mut self) -> String {
@@ -260,16 +222,11 @@ impl Environment for LowOverlap {
         let is_api = APIS.contains(&action);
         let valid = is_api && !finished;
         if !valid {
-            self.last_response = format!(
-                "{{\"error\": \"unknown command\", \"trace\": \"{}\"}}",
-                self.token()
-            );
+            self.last_response = format!("{{\"error\": \"unknown command\", \"trace\": \"{}\"}}", self.token());
         } else if self.calls[self.progress] == action {
             self.progress += 1;
-            self.last_response = format!(
-                "{{\"status\": \"ok\", \"api\": \"{action}\", \"result_id\": \"{}\"}}",
-                self.token()
-            );
+            self.last_response =
+                format!("{{\"status\": \"ok\", \"api\": \"{action}\", \"result_id\": \"{}\"}}", self.token());
         } else {
             self.last_response = format!(
                 "{{\"status\": \"error\", \"api\": \"{action}\", \"message\": \"not applicable now\", \"trace\": \"{}\"}}",
@@ -345,11 +302,7 @@ mod tests {
             let plan = env.required_calls().to_vec();
             let mut all = vec![obs];
             // Mix right, wrong and invalid calls: the same action sequence every rollout.
-            for c in ["logout", "nonsense"]
-                .iter()
-                .map(|s| s.to_string())
-                .chain(plan)
-            {
+            for c in ["logout", "nonsense"].iter().map(|s| s.to_string()).chain(plan) {
                 all.push(env.step(&c).observation);
             }
             for o in all {

@@ -103,14 +103,10 @@ pub fn solve(
     success_value: f64,
 ) -> Result<GroundTruth, EnvError> {
     if !(gamma > 0.0 && gamma <= 1.0) {
-        return Err(EnvError::InvalidSolverArgument(format!(
-            "gamma must be in (0, 1], got {gamma}"
-        )));
+        return Err(EnvError::InvalidSolverArgument(format!("gamma must be in (0, 1], got {gamma}")));
     }
     if !success_value.is_finite() {
-        return Err(EnvError::InvalidSolverArgument(format!(
-            "success_value must be finite, got {success_value}"
-        )));
+        return Err(EnvError::InvalidSolverArgument(format!("success_value must be finite, got {success_value}")));
     }
     let n = env.num_states();
     let actions: Vec<Vec<String>> = (0..n).map(|s| env.actions(s)).collect();
@@ -118,9 +114,7 @@ pub fn solve(
     let mut by_key = HashMap::with_capacity(n);
     for (s, &k) in keys.iter().enumerate() {
         if by_key.insert(k, s).is_some() {
-            return Err(EnvError::InvalidSolverArgument(format!(
-                "two states share the key {k}"
-            )));
+            return Err(EnvError::InvalidSolverArgument(format!("two states share the key {k}")));
         }
     }
     // Transitions and policy are fixed over h, so tabulate them once.
@@ -132,9 +126,7 @@ pub fn solve(
             probs.push(Vec::new());
             continue;
         }
-        let t = (0..acts.len())
-            .map(|a| env.transition(s, a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let t = (0..acts.len()).map(|a| env.transition(s, a)).collect::<Result<Vec<_>, _>>()?;
         // A buggy implementation must not make the solver index out of bounds.
         if let Some(&(next, _)) = t.iter().find(|(next, _)| *next >= n) {
             return Err(EnvError::InvalidSolverArgument(format!(
@@ -147,10 +139,7 @@ pub fn solve(
         probs.push(p);
     }
     let mut v = vec![vec![0.0; horizon + 1]; n];
-    let mut q: Vec<Vec<Vec<f64>>> = actions
-        .iter()
-        .map(|a| vec![vec![0.0; horizon + 1]; a.len()])
-        .collect();
+    let mut q: Vec<Vec<Vec<f64>>> = actions.iter().map(|a| vec![vec![0.0; horizon + 1]; a.len()]).collect();
     for h in 1..=horizon {
         for s in 0..n {
             if env.is_goal(s) {
@@ -158,27 +147,14 @@ pub fn solve(
             }
             let mut vs = 0.0;
             for (a, &(next, success)) in trans[s].iter().enumerate() {
-                let qa = if success {
-                    gamma * success_value
-                } else {
-                    gamma * v[next][h - 1]
-                };
+                let qa = if success { gamma * success_value } else { gamma * v[next][h - 1] };
                 q[s][a][h] = qa;
                 vs += probs[s][a] * qa;
             }
             v[s][h] = vs;
         }
     }
-    Ok(GroundTruth {
-        horizon,
-        gamma,
-        success_value,
-        v,
-        q,
-        actions,
-        keys,
-        by_key,
-    })
+    Ok(GroundTruth { horizon, gamma, success_value, v, q, actions, keys, by_key })
 }
 
 fn check_distribution(s: usize, p: &[f64], len: usize) -> Result<(), EnvError> {
@@ -249,10 +225,7 @@ impl GroundTruth {
     /// assert_eq!(gt.actions(0).unwrap(), ["forward", "stay"]);
     /// ```
     pub fn actions(&self, s: usize) -> Result<&[String], EnvError> {
-        self.actions
-            .get(s)
-            .map(Vec::as_slice)
-            .ok_or(EnvError::UnknownKey(s as u64))
+        self.actions.get(s).map(Vec::as_slice).ok_or(EnvError::UnknownKey(s as u64))
     }
 
     /// The state index carrying observation key `key`.
@@ -264,10 +237,7 @@ impl GroundTruth {
     /// assert!(gt.state_of_key(99).is_err());
     /// ```
     pub fn state_of_key(&self, key: u64) -> Result<usize, EnvError> {
-        self.by_key
-            .get(&key)
-            .copied()
-            .ok_or(EnvError::UnknownKey(key))
+        self.by_key.get(&key).copied().ok_or(EnvError::UnknownKey(key))
     }
 
     /// The observation key of state index `s`.
@@ -278,18 +248,12 @@ impl GroundTruth {
     /// assert_eq!(gt.key_of_state(2).unwrap(), 2);
     /// ```
     pub fn key_of_state(&self, s: usize) -> Result<u64, EnvError> {
-        self.keys
-            .get(s)
-            .copied()
-            .ok_or(EnvError::UnknownKey(s as u64))
+        self.keys.get(s).copied().ok_or(EnvError::UnknownKey(s as u64))
     }
 
     fn check_h(&self, turns_left: usize) -> Result<(), EnvError> {
         if turns_left > self.horizon {
-            return Err(EnvError::TurnsLeftOutOfRange {
-                turns_left,
-                horizon: self.horizon,
-            });
+            return Err(EnvError::TurnsLeftOutOfRange { turns_left, horizon: self.horizon });
         }
         Ok(())
     }
@@ -304,10 +268,7 @@ impl GroundTruth {
     /// ```
     pub fn v(&self, s: usize, turns_left: usize) -> Result<f64, EnvError> {
         self.check_h(turns_left)?;
-        self.v
-            .get(s)
-            .map(|row| row[turns_left])
-            .ok_or(EnvError::UnknownKey(s as u64))
+        self.v.get(s).map(|row| row[turns_left]).ok_or(EnvError::UnknownKey(s as u64))
     }
 
     /// `Q(s, a, h)` by state and action index.
@@ -320,12 +281,7 @@ impl GroundTruth {
     pub fn q(&self, s: usize, a: usize, turns_left: usize) -> Result<f64, EnvError> {
         self.check_h(turns_left)?;
         let row = self.q.get(s).ok_or(EnvError::UnknownKey(s as u64))?;
-        row.get(a)
-            .map(|r| r[turns_left])
-            .ok_or_else(|| EnvError::UnknownAction {
-                action: format!("#{a}"),
-                state: s,
-            })
+        row.get(a).map(|r| r[turns_left]).ok_or_else(|| EnvError::UnknownAction { action: format!("#{a}"), state: s })
     }
 
     /// `V` of the state with observation key `key`, with `turns_left = horizon − step`.
@@ -353,10 +309,7 @@ impl GroundTruth {
         let a = self.actions[s]
             .iter()
             .position(|x| x == action)
-            .ok_or_else(|| EnvError::UnknownAction {
-                action: action.to_string(),
-                state: s,
-            })?;
+            .ok_or_else(|| EnvError::UnknownAction { action: action.to_string(), state: s })?;
         self.q(s, a, turns_left)
     }
 
@@ -441,9 +394,7 @@ pub fn shortest_path_policy(env: &dyn Tabular) -> Vec<Vec<f64>> {
             if m == 0 {
                 vec![1.0 / k.max(1) as f64; k]
             } else {
-                good.iter()
-                    .map(|&g| if g { 1.0 / m as f64 } else { 0.0 })
-                    .collect()
+                good.iter().map(|&g| if g { 1.0 / m as f64 } else { 0.0 }).collect()
             }
         })
         .collect()
@@ -465,11 +416,7 @@ mod tests {
         let gt = solve(&env, &|_| vec![1.0, 0.0], h_max, gamma, r).unwrap();
         for s in 0..n {
             for h in 0..=h_max {
-                let want = if h >= n - s {
-                    gamma.powi((n - s) as i32) * r
-                } else {
-                    0.0
-                };
+                let want = if h >= n - s { gamma.powi((n - s) as i32) * r } else { 0.0 };
                 let got = gt.value(env.observation_key(s), h).unwrap();
                 assert!((got - want).abs() < 1e-12, "s={s} h={h}: {got} vs {want}");
             }
@@ -509,10 +456,7 @@ mod tests {
         for (s, h) in [(0, 8), (1, 5), (2, 3), (0, 4)] {
             let mc = mc_value(&env, s, h, 0.9, 10.0, 40_000);
             let exact = gt.v(s, h).unwrap();
-            assert!(
-                (mc - exact).abs() < 0.08,
-                "s={s} h={h}: mc {mc} exact {exact}"
-            );
+            assert!((mc - exact).abs() < 0.08, "s={s} h={h}: mc {mc} exact {exact}");
         }
         let robot = LostRobot::default();
         let k = robot.actions(0).len();
@@ -545,47 +489,18 @@ mod tests {
     fn bad_inputs_are_typed_errors() {
         let env = Chain::new(2).unwrap();
         let fwd = |_: usize| vec![1.0, 0.0];
-        assert!(matches!(
-            solve(&env, &fwd, 3, 0.0, 1.0),
-            Err(EnvError::InvalidSolverArgument(_))
-        ));
-        assert!(matches!(
-            solve(&env, &fwd, 3, 1.5, 1.0),
-            Err(EnvError::InvalidSolverArgument(_))
-        ));
-        assert!(matches!(
-            solve(&env, &fwd, 3, f64::NAN, 1.0),
-            Err(EnvError::InvalidSolverArgument(_))
-        ));
-        assert!(matches!(
-            solve(&env, &fwd, 3, 0.9, f64::INFINITY),
-            Err(EnvError::InvalidSolverArgument(_))
-        ));
-        for bad in [
-            vec![0.5, 0.4],
-            vec![1.5, -0.5],
-            vec![f64::NAN, 1.0],
-            vec![1.0],
-        ] {
+        assert!(matches!(solve(&env, &fwd, 3, 0.0, 1.0), Err(EnvError::InvalidSolverArgument(_))));
+        assert!(matches!(solve(&env, &fwd, 3, 1.5, 1.0), Err(EnvError::InvalidSolverArgument(_))));
+        assert!(matches!(solve(&env, &fwd, 3, f64::NAN, 1.0), Err(EnvError::InvalidSolverArgument(_))));
+        assert!(matches!(solve(&env, &fwd, 3, 0.9, f64::INFINITY), Err(EnvError::InvalidSolverArgument(_))));
+        for bad in [vec![0.5, 0.4], vec![1.5, -0.5], vec![f64::NAN, 1.0], vec![1.0]] {
             let b = bad.clone();
-            assert!(matches!(
-                solve(&env, &move |_| b.clone(), 3, 0.9, 1.0),
-                Err(EnvError::InvalidPolicy { .. })
-            ));
+            assert!(matches!(solve(&env, &move |_| b.clone(), 3, 0.9, 1.0), Err(EnvError::InvalidPolicy { .. })));
         }
         let gt = solve(&env, &fwd, 3, 0.9, 1.0).unwrap();
-        assert_eq!(
-            gt.value(0, 4),
-            Err(EnvError::TurnsLeftOutOfRange {
-                turns_left: 4,
-                horizon: 3
-            })
-        );
+        assert_eq!(gt.value(0, 4), Err(EnvError::TurnsLeftOutOfRange { turns_left: 4, horizon: 3 }));
         assert_eq!(gt.value(77, 1), Err(EnvError::UnknownKey(77)));
-        assert!(matches!(
-            gt.q_value(0, "back", 1),
-            Err(EnvError::UnknownAction { .. })
-        ));
+        assert!(matches!(gt.q_value(0, "back", 1), Err(EnvError::UnknownAction { .. })));
         assert!(gt.q(0, 2, 1).is_err());
         assert!(gt.v(3, 1).is_err());
     }
@@ -622,10 +537,7 @@ mod tests {
     fn broken_tabular_envs_are_rejected() {
         let p = |_: usize| vec![1.0];
         for dup_keys in [true, false] {
-            assert!(matches!(
-                solve(&Broken { dup_keys }, &p, 2, 0.9, 1.0),
-                Err(EnvError::InvalidSolverArgument(_))
-            ));
+            assert!(matches!(solve(&Broken { dup_keys }, &p, 2, 0.9, 1.0), Err(EnvError::InvalidSolverArgument(_))));
         }
         let b = Broken { dup_keys: false };
         assert_eq!(distances_to_goal(&b), vec![None, None]);

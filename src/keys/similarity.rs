@@ -105,9 +105,9 @@ impl Matcher {
             s.j2len[t] = 0;
         }
         s.touched.clear();
-        for i in alo..ahi {
+        for (i, element) in a.iter().enumerate().take(ahi).skip(alo) {
             s.new_touched.clear();
-            if let Some(positions) = self.b2j.get(&a[i]) {
+            if let Some(positions) = self.b2j.get(element) {
                 for &j in positions {
                     if j < blo {
                         continue;

@@ -18,9 +18,7 @@
 //! seq-mean-token-mean, divide 0 by 0; newer verl masks them out, and we follow
 //! that reading because a padding row must not change the loss scale.
 
-use super::config::{
-    KlEstimator, LossAggregation, LossConfig, LossDiagnostics, LossInputs, LossOutput,
-};
+use super::config::{KlEstimator, LossAggregation, LossConfig, LossDiagnostics, LossInputs, LossOutput};
 use super::error::{LearnerError, Result};
 
 /// Bound on `logp - logp_old` (and on the k3 log-ratio) before exponentiating.
@@ -39,16 +37,10 @@ pub const K3_CLAMP: f64 = 10.0;
 pub fn validate_config(config: &LossConfig) -> Result<()> {
     let bad = |m: String| Err(LearnerError::BadConfig(m));
     if !(config.clip_low.is_finite() && config.clip_low >= 0.0) {
-        return bad(format!(
-            "clip_low must be finite and >= 0, got {}",
-            config.clip_low
-        ));
+        return bad(format!("clip_low must be finite and >= 0, got {}", config.clip_low));
     }
     if !(config.clip_high.is_finite() && config.clip_high >= 0.0) {
-        return bad(format!(
-            "clip_high must be finite and >= 0, got {}",
-            config.clip_high
-        ));
+        return bad(format!("clip_high must be finite and >= 0, got {}", config.clip_high));
     }
     if let Some(c) = config.dual_clip
         && !(c.is_finite() && c > 1.0)
@@ -58,33 +50,22 @@ pub fn validate_config(config: &LossConfig) -> Result<()> {
     if let Some((_, beta)) = config.kl
         && !(beta.is_finite() && beta >= 0.0)
     {
-        return bad(format!(
-            "KL coefficient must be finite and >= 0, got {beta}"
-        ));
+        return bad(format!("KL coefficient must be finite and >= 0, got {beta}"));
     }
     if !config.entropy_coef.is_finite() {
-        return bad(format!(
-            "entropy_coef must be finite, got {}",
-            config.entropy_coef
-        ));
+        return bad(format!("entropy_coef must be finite, got {}", config.entropy_coef));
     }
     if let LossAggregation::SeqMeanTokenSumNorm { length } = config.aggregation
         && !(length.is_finite() && length > 0.0)
     {
-        return bad(format!(
-            "seq-mean-token-sum-norm length must be finite and > 0, got {length}"
-        ));
+        return bad(format!("seq-mean-token-sum-norm length must be finite and > 0, got {length}"));
     }
     Ok(())
 }
 
 fn check_len(name: &'static str, s: &[f32], expected: usize) -> Result<()> {
     if s.len() != expected {
-        return Err(LearnerError::LengthMismatch {
-            name,
-            got: s.len(),
-            expected,
-        });
+        return Err(LearnerError::LengthMismatch { name, got: s.len(), expected });
     }
     if let Some(index) = s.iter().position(|v| !v.is_finite()) {
         return Err(LearnerError::NonFinite { name, index });
@@ -110,30 +91,15 @@ pub fn aggregation_weights(
     max_len: usize,
     aggregation: LossAggregation,
 ) -> Result<Vec<f64>> {
-    let n = rows
-        .checked_mul(max_len)
-        .ok_or_else(|| LearnerError::BadInput("rows * max_len overflows".into()))?;
+    let n = rows.checked_mul(max_len).ok_or_else(|| LearnerError::BadInput("rows * max_len overflows".into()))?;
     if mask.len() != n {
-        return Err(LearnerError::LengthMismatch {
-            name: "mask",
-            got: mask.len(),
-            expected: n,
-        });
+        return Err(LearnerError::LengthMismatch { name: "mask", got: mask.len(), expected: n });
     }
     if let Some(index) = mask.iter().position(|&m| m != 0.0 && m != 1.0) {
-        return Err(LearnerError::BadMask {
-            index,
-            value: mask[index],
-        });
+        return Err(LearnerError::BadMask { index, value: mask[index] });
     }
-    let counts: Vec<usize> = (0..rows)
-        .map(|r| {
-            mask[r * max_len..(r + 1) * max_len]
-                .iter()
-                .filter(|&&m| m == 1.0)
-                .count()
-        })
-        .collect();
+    let counts: Vec<usize> =
+        (0..rows).map(|r| mask[r * max_len..(r + 1) * max_len].iter().filter(|&&m| m == 1.0).count()).collect();
     let total: usize = counts.iter().sum();
     if total == 0 {
         return Err(LearnerError::EmptyMask);
@@ -180,21 +146,13 @@ fn surrogate(logp: f64, logp_old: f64, adv: f64, config: &LossConfig) -> Surroga
     let ratio = log_ratio.exp();
     // d ratio / d logp; zero where the clamp holds the log-ratio (torch's clamp
     // passes the gradient on the boundary itself, so does this).
-    let d_ratio = if raw.abs() <= LOG_RATIO_CLAMP {
-        ratio
-    } else {
-        0.0
-    };
+    let d_ratio = if raw.abs() <= LOG_RATIO_CLAMP { ratio } else { 0.0 };
     let unclipped = -adv * ratio;
     let clipped_value = -adv * ratio.clamp(1.0 - config.clip_low, 1.0 + config.clip_high);
     // verl: pg_losses1 = max(pg_losses, pg_losses2); the clipped branch is the
     // active one (and constant in logp) only where it is strictly larger.
     let clipped = clipped_value > unclipped;
-    let (mut value, mut grad) = if clipped {
-        (clipped_value, 0.0)
-    } else {
-        (unclipped, -adv * d_ratio)
-    };
+    let (mut value, mut grad) = if clipped { (clipped_value, 0.0) } else { (unclipped, -adv * d_ratio) };
     let mut dual = false;
     if let Some(c) = config.dual_clip
         && adv < 0.0
@@ -206,13 +164,7 @@ fn surrogate(logp: f64, logp_old: f64, adv: f64, config: &LossConfig) -> Surroga
             grad = 0.0;
         }
     }
-    Surrogate {
-        value,
-        grad,
-        clipped,
-        dual,
-        log_ratio,
-    }
+    Surrogate { value, grad, clipped, dual, log_ratio }
 }
 
 /// Value and derivative (w.r.t. `logp`) of one KL estimate to the reference.
@@ -289,12 +241,7 @@ pub fn grpo_loss_cpu(inputs: &LossInputs<'_>, config: &LossConfig) -> Result<Los
             continue;
         }
         let logp = f64::from(inputs.logp[i]);
-        let s = surrogate(
-            logp,
-            f64::from(inputs.logp_old[i]),
-            f64::from(inputs.advantages[i]),
-            config,
-        );
+        let s = surrogate(logp, f64::from(inputs.logp_old[i]), f64::from(inputs.advantages[i]), config);
         pg_sum += w[i] * s.value;
         let mut g = s.grad;
         if let Some((estimator, beta)) = kl {

@@ -17,9 +17,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
 use super::config::{KlEstimator, LossConfig, LossDiagnostics, LossInputs};
 use super::error::{LearnerError, Result};
-use super::fused::{
-    K3_CLAMP, LOG_RATIO_CLAMP, aggregation_weights, grpo_loss_cpu, validate_config,
-};
+use super::fused::{K3_CLAMP, LOG_RATIO_CLAMP, aggregation_weights, grpo_loss_cpu, validate_config};
 
 /// Token-level loss inputs as `[rows, max_len]` tensors (any float dtype, one
 /// device). `logp` is the tensor the loss is differentiated with respect to;
@@ -75,12 +73,7 @@ pub fn aggregate(x: &Tensor, mask: &Tensor, aggregation: super::LossAggregation)
     Ok((x.to_dtype(DType::F64)? * weights)?.sum_all()?)
 }
 
-fn weights_tensor(
-    mask: &Tensor,
-    rows: usize,
-    max_len: usize,
-    aggregation: super::LossAggregation,
-) -> Result<Tensor> {
+fn weights_tensor(mask: &Tensor, rows: usize, max_len: usize, aggregation: super::LossAggregation) -> Result<Tensor> {
     let m = host_values("mask", mask, rows, max_len)?;
     let w = aggregation_weights(&m, rows, max_len, aggregation)?;
     Ok(Tensor::from_vec(w, (rows, max_len), mask.device())?)
@@ -106,10 +99,7 @@ fn weights_tensor(
 /// assert_eq!(g, vec![vec![-1.0, 0.0]]);
 /// assert_eq!(diag.clip_fraction, 0.0);
 /// ```
-pub fn grpo_loss_tensors(
-    t: &LossTensors<'_>,
-    config: &LossConfig,
-) -> Result<(Tensor, LossDiagnostics)> {
+pub fn grpo_loss_tensors(t: &LossTensors<'_>, config: &LossConfig) -> Result<(Tensor, LossDiagnostics)> {
     validate_config(config)?;
     let (rows, max_len) = t.logp.dims2()?;
     // Host copies only for validation and diagnostics-free checks; the loss
@@ -143,9 +133,7 @@ pub fn grpo_loss_tensors(
 
     let mut kl_ref = 0.0;
     if let Some((estimator, beta)) = config.kl {
-        let r = t.logp_ref.ok_or_else(|| {
-            LearnerError::BadInput("KL is configured but logp_ref is missing".into())
-        })?;
+        let r = t.logp_ref.ok_or_else(|| LearnerError::BadInput("KL is configured but logp_ref is missing".into()))?;
         host_values("logp_ref", r, rows, max_len)?;
         let d = (&logp - f64_of(r)?)?;
         let kl = match estimator {
@@ -173,15 +161,12 @@ pub fn grpo_loss_tensors(
             }
         }
         None if config.entropy_coef != 0.0 => {
-            return Err(LearnerError::BadInput(
-                "entropy_coef != 0 but entropy is missing".into(),
-            ));
+            return Err(LearnerError::BadInput("entropy_coef != 0 but entropy is missing".into()));
         }
         None => {}
     }
 
-    let masked_mean =
-        |x: &Tensor| -> Result<f64> { Ok((x * &mask)?.sum_all()?.to_scalar::<f64>()? / tokens) };
+    let masked_mean = |x: &Tensor| -> Result<f64> { Ok((x * &mask)?.sum_all()?.to_scalar::<f64>()? / tokens) };
     let diagnostics = LossDiagnostics {
         policy_loss: policy_loss.to_scalar::<f64>()?,
         clip_fraction: masked_mean(&clipped)?,
@@ -254,17 +239,7 @@ impl FusedGrpoLoss {
         config: LossConfig,
     ) -> Result<Self> {
         validate_config(&config)?;
-        Ok(Self {
-            rows,
-            max_len,
-            logp_old,
-            logp_ref,
-            advantages,
-            entropy,
-            mask,
-            config,
-            slot: Arc::default(),
-        })
+        Ok(Self { rows, max_len, logp_old, logp_ref, advantages, entropy, mask, config, slot: Arc::default() })
     }
 
     fn run(&self, logp: &[f32]) -> Result<super::LossOutput> {
@@ -304,11 +279,8 @@ impl FusedGrpoLoss {
             let host = host_values("logp", logp, self.rows, self.max_len)?;
             let out = self.run(&host)?;
             let diagnostics = out.diagnostics;
-            *lock(&self.slot) = FusedSlot {
-                loss: Some(out.loss),
-                grad: Some(out.grad_logp),
-                diagnostics: Some(diagnostics),
-            };
+            *lock(&self.slot) =
+                FusedSlot { loss: Some(out.loss), grad: Some(out.grad_logp), diagnostics: Some(diagnostics) };
             let loss = logp.apply_op1(self)?;
             Ok((loss, diagnostics))
         } else {
@@ -335,8 +307,7 @@ impl FusedGrpoLoss {
     pub fn apply_linearised(self, logp: &Tensor) -> Result<(Tensor, LossDiagnostics)> {
         let host = host_values("logp", logp, self.rows, self.max_len)?;
         let out = self.run(&host)?;
-        let g = Tensor::from_vec(out.grad_logp, (self.rows, self.max_len), logp.device())?
-            .to_dtype(logp.dtype())?;
+        let g = Tensor::from_vec(out.grad_logp, (self.rows, self.max_len), logp.device())?.to_dtype(logp.dtype())?;
         let detached = logp.detach();
         let lin = ((logp - &detached)? * g)?.sum_all()?;
         let loss = (lin + out.loss)?;
@@ -347,8 +318,7 @@ impl FusedGrpoLoss {
 fn lock(slot: &Mutex<FusedSlot>) -> std::sync::MutexGuard<'_, FusedSlot> {
     // A poisoned slot only means another thread panicked mid-update; the data
     // is plain values, still usable.
-    slot.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl CustomOp1 for FusedGrpoLoss {
@@ -356,22 +326,15 @@ impl CustomOp1 for FusedGrpoLoss {
         "fused-grpo-loss"
     }
 
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("fused-grpo-loss needs a contiguous logp".into())
-        })?;
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("fused-grpo-loss needs a contiguous logp".into()))?;
         let is_f64 = match storage {
             CpuStorage::F32(_) => false,
             CpuStorage::F64(_) => true,
             other => {
-                return Err(candle_core::Error::UnsupportedDTypeForOp(
-                    other.dtype(),
-                    "fused-grpo-loss",
-                ));
+                return Err(candle_core::Error::UnsupportedDTypeForOp(other.dtype(), "fused-grpo-loss"));
             }
         };
         let mut slot = lock(&self.slot);
@@ -391,20 +354,11 @@ impl CustomOp1 for FusedGrpoLoss {
                 out.loss
             }
         };
-        let storage = if is_f64 {
-            CpuStorage::F64(vec![loss])
-        } else {
-            CpuStorage::F32(vec![loss as f32])
-        };
+        let storage = if is_f64 { CpuStorage::F64(vec![loss]) } else { CpuStorage::F32(vec![loss as f32]) };
         Ok((storage, Shape::from(())))
     }
 
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let cached = lock(&self.slot).grad.clone();
         let grad = match cached {
             Some(g) => g,

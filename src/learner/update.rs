@@ -84,10 +84,7 @@ impl LearnerConfig {
             return bad(format!("lr must be finite and > 0, got {}", self.lr));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad(format!(
-                "weight_decay must be finite and >= 0, got {}",
-                self.weight_decay
-            ));
+            return bad(format!("weight_decay must be finite and >= 0, got {}", self.weight_decay));
         }
         let (b1, b2) = self.betas;
         if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
@@ -97,10 +94,7 @@ impl LearnerConfig {
             return bad(format!("eps must be finite and > 0, got {}", self.eps));
         }
         if self.max_grad_norm.is_nan() || self.max_grad_norm <= 0.0 {
-            return bad(format!(
-                "max_grad_norm must be > 0, got {}",
-                self.max_grad_norm
-            ));
+            return bad(format!("max_grad_norm must be > 0, got {}", self.max_grad_norm));
         }
         if self.ppo_epochs == 0 || self.minibatch_size == 0 {
             return bad("ppo_epochs and minibatch_size must be positive".into());
@@ -184,11 +178,7 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
     let mut sq = 0.0f64;
     for v in vars {
         if let Some(g) = grads.get(v) {
-            sq += g
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+            sq += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
         }
     }
     let norm = sq.sqrt();
@@ -206,11 +196,7 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
 /// The policy's parameters in name order, so that every pass over them
 /// (norms, optimiser) has one fixed order.
 fn sorted_vars(policy: &Policy) -> Vec<Var> {
-    let data = policy
-        .varmap()
-        .data()
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let data = policy.varmap().data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut named: Vec<(&String, &Var)> = data.iter().collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
     named.into_iter().map(|(_, v)| v.clone()).collect()
@@ -276,17 +262,10 @@ impl Learner {
     /// batch, rows whose token and log-probability counts differ, a missing
     /// reference, invalid loss inputs, or a non-finite gradient norm (the
     /// step is then not applied).
-    pub fn update(
-        &mut self,
-        policy: &Policy,
-        reference: Option<&Policy>,
-        batch: &UpdateBatch,
-    ) -> Result<UpdateStats> {
+    pub fn update(&mut self, policy: &Policy, reference: Option<&Policy>, batch: &UpdateBatch) -> Result<UpdateStats> {
         let ids: Vec<TensorId> = sorted_vars(policy).iter().map(|v| v.id()).collect();
         if ids != self.var_ids {
-            return Err(LearnerError::BadInput(
-                "policy is not the one this learner was built for".into(),
-            ));
+            return Err(LearnerError::BadInput("policy is not the one this learner was built for".into()));
         }
         if batch.rows.is_empty() {
             return Err(LearnerError::BadInput("empty update batch".into()));
@@ -301,9 +280,7 @@ impl Learner {
             }
         }
         if self.config.loss.kl.is_some() && reference.is_none() {
-            return Err(LearnerError::BadInput(
-                "the loss has a KL term but no reference policy was given".into(),
-            ));
+            return Err(LearnerError::BadInput("the loss has a KL term but no reference policy was given".into()));
         }
         let mut sum = UpdateStats::default();
         let mut order: Vec<usize> = (0..batch.rows.len()).collect();
@@ -345,12 +322,7 @@ impl Learner {
         rows: &[&UpdateRow],
     ) -> Result<(LossDiagnostics, f64, f64)> {
         let n = rows.len();
-        let max_len = rows
-            .iter()
-            .map(|r| r.action_tokens.len())
-            .max()
-            .unwrap_or(0)
-            .max(1);
+        let max_len = rows.iter().map(|r| r.action_tokens.len()).max().unwrap_or(0).max(1);
         let obs: Vec<&str> = rows.iter().map(|r| r.observation.as_str()).collect();
         let acts: Vec<&[u32]> = rows.iter().map(|r| r.action_tokens.as_slice()).collect();
         let mut old = vec![0.0f32; n * max_len];
@@ -378,20 +350,8 @@ impl Learner {
             let ent_host = entropy.detach().flatten_all()?.to_vec1::<f32>()?;
             // The op treats its other inputs as constants, so the entropy
             // bonus (which must train the entropy) is added outside it.
-            let op_config = LossConfig {
-                entropy_coef: 0.0,
-                ..loss_config
-            };
-            let op = FusedGrpoLoss::new(
-                n,
-                max_len,
-                old,
-                ref_host,
-                adv,
-                ent_host,
-                mask.clone(),
-                op_config,
-            )?;
+            let op_config = LossConfig { entropy_coef: 0.0, ..loss_config };
+            let op = FusedGrpoLoss::new(n, max_len, old, ref_host, adv, ent_host, mask.clone(), op_config)?;
             let (mut loss, diag) = op.apply(&logp)?;
             loss = loss.to_dtype(DType::F64)?;
             if loss_config.entropy_coef != 0.0 {
