@@ -12,4 +12,6 @@
 //! See `docs/architecture.md` for the data flow and `../shared/SPEC.md` for the
 //! mathematics.
 
+#[cfg(feature = "nvrtc")]
+pub mod cuda;
 pub mod learner;
