@@ -71,7 +71,10 @@ fn compile_errors_are_typed_with_the_log() {
     match cuda::compile_kernel(&broken) {
         Err(CudaError::Compile { kernel, log }) => {
             assert_eq!(kernel, "broken.cu");
-            assert!(log.contains("undeclared"), "log should name the error: {log}");
+            assert!(
+                log.contains("undeclared"),
+                "log should name the error: {log}"
+            );
         }
         other => panic!("expected a compile error, got {other:?}"),
     }
@@ -84,10 +87,7 @@ fn gpu_context_fails_cleanly_or_works() {
         Ok(gpu) => eprintln!("GPU present: {}", gpu.device_name()),
         Err(e) => {
             assert!(
-                matches!(
-                    e,
-                    CudaError::NoDevice(_) | CudaError::NvrtcUnavailable(_)
-                ),
+                matches!(e, CudaError::NoDevice(_) | CudaError::NvrtcUnavailable(_)),
                 "unexpected error kind: {e:?}"
             );
             eprintln!("no GPU (expected on CPU-only machines): {e}");

@@ -151,7 +151,9 @@ impl StagePlan {
         ];
         for (name, len) in lens {
             if len != n {
-                return bad(format!("{name} has {len} entries, expected {n} (one per row)"));
+                return bad(format!(
+                    "{name} has {len} entries, expected {n} (one per row)"
+                ));
             }
         }
         if inputs.token_offsets.len() != n + 1 {
@@ -386,7 +388,10 @@ impl GpuContext {
 mod tests {
     use super::*;
 
-    fn base() -> (Vec<u32>, Vec<u32>, Vec<i32>, Vec<f32>, Vec<u8>, Vec<u64>) {
+    /// group, node, next_node, values, invalid, token_offsets.
+    type Case = (Vec<u32>, Vec<u32>, Vec<i32>, Vec<f32>, Vec<u8>, Vec<u64>);
+
+    fn base() -> Case {
         (
             vec![0, 0, 1, 0],
             vec![0, 1, 2, 0],
@@ -397,9 +402,7 @@ mod tests {
         )
     }
 
-    fn inputs<'a>(
-        b: &'a (Vec<u32>, Vec<u32>, Vec<i32>, Vec<f32>, Vec<u8>, Vec<u64>),
-    ) -> StageInputs<'a> {
+    fn inputs<'a>(b: &'a Case) -> StageInputs<'a> {
         StageInputs {
             group: &b.0,
             node: &b.1,
@@ -457,8 +460,7 @@ mod tests {
         let mut b = base();
         b.4.pop();
         assert!(StagePlan::new(&inputs(&b)).is_err());
-        let empty: (Vec<u32>, Vec<u32>, Vec<i32>, Vec<f32>, Vec<u8>, Vec<u64>) =
-            (vec![], vec![], vec![], vec![], vec![], vec![0]);
+        let empty: Case = (vec![], vec![], vec![], vec![], vec![], vec![0]);
         assert!(StagePlan::new(&inputs(&empty)).is_err());
     }
 

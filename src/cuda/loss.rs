@@ -36,9 +36,10 @@ const MAX_BLOCKS: u64 = 2048;
 /// ```
 pub fn validate_loss_inputs(inputs: &LossInputs<'_>, config: &LossConfig) -> Result<(), CudaError> {
     let bad = |m: String| Err(CudaError::InvalidInput(m));
-    let n = inputs.rows.checked_mul(inputs.max_len).ok_or_else(|| {
-        CudaError::InvalidInput("rows * max_len overflows".into())
-    })?;
+    let n = inputs
+        .rows
+        .checked_mul(inputs.max_len)
+        .ok_or_else(|| CudaError::InvalidInput("rows * max_len overflows".into()))?;
     if n == 0 {
         return bad("empty batch (rows * max_len == 0)".into());
     }
@@ -60,7 +61,10 @@ pub fn validate_loss_inputs(inputs: &LossInputs<'_>, config: &LossConfig) -> Res
     }
     for (name, s) in &named {
         if s.len() != n {
-            return bad(format!("{name} has {} values, expected rows * max_len = {n}", s.len()));
+            return bad(format!(
+                "{name} has {} values, expected rows * max_len = {n}",
+                s.len()
+            ));
         }
     }
     let mut tokens = 0usize;
@@ -89,25 +93,33 @@ fn validate_config(config: &LossConfig) -> Result<(), CudaError> {
         return bad(format!("clip_low = {} must be in [0, 1)", config.clip_low));
     }
     if !(config.clip_high.is_finite() && config.clip_high >= 0.0) {
-        return bad(format!("clip_high = {} must be finite and >= 0", config.clip_high));
+        return bad(format!(
+            "clip_high = {} must be finite and >= 0",
+            config.clip_high
+        ));
     }
-    if let Some(c) = config.dual_clip {
-        if !(c.is_finite() && c > 1.0) {
-            return bad(format!("dual_clip = {c} must be finite and > 1"));
-        }
+    if let Some(c) = config.dual_clip
+        && !(c.is_finite() && c > 1.0)
+    {
+        return bad(format!("dual_clip = {c} must be finite and > 1"));
     }
-    if let Some((_, beta)) = config.kl {
-        if !(beta.is_finite() && beta >= 0.0) {
-            return bad(format!("KL coefficient {beta} must be finite and >= 0"));
-        }
+    if let Some((_, beta)) = config.kl
+        && !(beta.is_finite() && beta >= 0.0)
+    {
+        return bad(format!("KL coefficient {beta} must be finite and >= 0"));
     }
     if !config.entropy_coef.is_finite() {
-        return bad(format!("entropy_coef = {} must be finite", config.entropy_coef));
+        return bad(format!(
+            "entropy_coef = {} must be finite",
+            config.entropy_coef
+        ));
     }
-    if let LossAggregation::SeqMeanTokenSumNorm { length } = config.aggregation {
-        if !(length.is_finite() && length > 0.0) {
-            return bad(format!("normalising length {length} must be finite and > 0"));
-        }
+    if let LossAggregation::SeqMeanTokenSumNorm { length } = config.aggregation
+        && !(length.is_finite() && length > 0.0)
+    {
+        return bad(format!(
+            "normalising length {length} must be finite and > 0"
+        ));
     }
     Ok(())
 }
@@ -192,7 +204,9 @@ pub(crate) fn run_loss(
         return Err(CudaError::InvalidInput("a KL term needs logp_ref".into()));
     }
     if config.entropy_coef != 0.0 && x.entropy.is_none() {
-        return Err(CudaError::InvalidInput("an entropy term needs entropy".into()));
+        return Err(CudaError::InvalidInput(
+            "an entropy term needs entropy".into(),
+        ));
     }
     let block = |g: u32| LaunchConfig {
         grid_dim: (g, 1, 1),
@@ -466,7 +480,9 @@ mod candle_op {
                 return Err(CudaError::InvalidInput("a KL term needs logp_ref".into()));
             }
             if config.entropy_coef != 0.0 && entropy.is_none() {
-                return Err(CudaError::InvalidInput("an entropy term needs entropy".into()));
+                return Err(CudaError::InvalidInput(
+                    "an entropy term needs entropy".into(),
+                ));
             }
             Ok(Self {
                 logp_old,
@@ -621,7 +637,10 @@ mod candle_op {
             }
             let dev = storage.device().clone();
             let copy = dev.cuda_stream().clone_dtod(grad).map_err(cerr)?;
-            Ok((CudaStorage::wrap_cuda_slice(copy, dev), layout.shape().clone()))
+            Ok((
+                CudaStorage::wrap_cuda_slice(copy, dev),
+                layout.shape().clone(),
+            ))
         }
     }
 }

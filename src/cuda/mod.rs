@@ -274,7 +274,9 @@ impl GpuContext {
     /// # Ok::<(), g2po::cuda::CudaError>(())
     /// ```
     pub fn device_name(&self) -> String {
-        self.ctx.name().unwrap_or_else(|e| format!("unknown ({e:?})"))
+        self.ctx
+            .name()
+            .unwrap_or_else(|e| format!("unknown ({e:?})"))
     }
 
     /// The stream every launch of this context uses.
