@@ -588,7 +588,8 @@ mod candle_op {
             let raw = run_loss(&stream, &funcs, &inputs, &self.config).map_err(cerr)?;
             let (loss, diagnostics) =
                 finish(&raw.stats, raw.tokens, has_entropy, &self.config).map_err(cerr)?;
-            let out = stream.clone_htod(&[loss as f32]).map_err(cerr)?;
+            let host = [loss as f32];
+            let out = stream.clone_htod(&host[..]).map_err(cerr)?;
             let mut st = self.state.lock().map_err(|_| cerr("poisoned state"))?;
             st.grad = Some(raw.grad);
             st.diagnostics = Some(diagnostics);
