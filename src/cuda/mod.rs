@@ -17,7 +17,7 @@
 //! * **Bandwidth first.** Both kernels are memory-bound: the loss reads each input once and
 //!   writes the gradient once; the advantage stages touch each row a small constant number of
 //!   times, with node and group segments laid out by the host in CSR order.
-//! * **candle integration.** Under the `cuda` feature, [`FusedGrpoLoss`] is a candle
+//! * **candle integration.** Under the `cuda` feature, `FusedGrpoLoss` is a candle
 //!   `CustomOp1` that runs the loss kernel on candle's own CUDA stream and returns the fused
 //!   gradient in the backward pass.
 //!
