@@ -61,7 +61,13 @@ fi
 # second, different 13.x version of a component into the same nvidia/cu13 tree.
 stamp="$prefix/.installed-$mode"
 want="${pkgs[*]}"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+# pip --target --upgrade replaces the whole shared nvidia/ directory, so installing the NVRTC
+# wheel alone into a prefix that holds the full set would delete the rest: a full install
+# already satisfies --nvrtc-only.
+full_stamp="$prefix/.installed-full"
+if [ "$mode" = nvrtc ] && [ -f "$full_stamp" ] && grep -q "nvidia-cuda-nvrtc==$NVRTC_VER" "$full_stamp"; then
+  echo "cuda-toolchain: NVRTC already present from the full install in $site" >&2
+elif [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "cuda-toolchain: installing ${pkgs[*]} into $site" >&2
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
     --target "$site" "${pkgs[@]}" >&2
@@ -82,9 +88,11 @@ if [ "$mode" = full ]; then
   if [ ! -f "$stub/libcuda.so" ] || [ "$cu/include/cuda.h" -nt "$stub/libcuda.so" ]; then
     mkdir -p "$stub"
     # Every cu* identifier of the driver API header, including the _v2/_ptds names that the
-    # header's #defines map to; exporting a few extra names from a stub is harmless.
+    # header's #defines map to; exporting a few extra names from a stub is harmless. Each
+    # returns CUDA_ERROR_NO_DEVICE (100): should the stub ever be loaded at run time by
+    # mistake, cuInit fails cleanly instead of pretending to be a driver.
     grep -oE '\bcu[A-Z][A-Za-z0-9_]*' "$cu/include/cuda.h" | sort -u \
-      | awk '{ printf "void %s(void) {}\n", $1 }' > "$stub/libcuda_stub.c"
+      | awk '{ printf "int %s(void) { return 100; }\n", $1 }' > "$stub/libcuda_stub.c"
     gcc -shared -fPIC -o "$stub/libcuda.so.1" -Wl,-soname,libcuda.so.1 "$stub/libcuda_stub.c"
     ln -sf libcuda.so.1 "$stub/libcuda.so"
     echo "cuda-toolchain: stub libcuda with $(wc -l < "$stub/libcuda_stub.c") symbols in $stub" >&2
