@@ -3,6 +3,4 @@
 pub mod config;
 pub mod fused;
 
-pub use config::{
-    KlEstimator, LossAggregation, LossConfig, LossDiagnostics, LossInputs, LossOutput,
-};
+pub use config::{KlEstimator, LossAggregation, LossConfig, LossDiagnostics, LossInputs, LossOutput};
