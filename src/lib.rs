@@ -27,6 +27,8 @@
 //! mathematics.
 
 pub mod broadcast;
+#[cfg(feature = "nvrtc")]
+pub mod cuda;
 pub mod curriculum;
 pub mod error;
 pub mod estimators;
