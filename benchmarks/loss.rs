@@ -27,29 +27,15 @@ impl Batch {
         let mut rng = ChaCha8Rng::seed_from_u64(42);
         let n = rows * max_len;
         let logp: Vec<f32> = (0..n).map(|_| rng.random_range(-5.0..-0.01)).collect();
-        let logp_old = logp
-            .iter()
-            .map(|l| l - rng.random_range(-0.3f32..0.3))
-            .collect();
-        let logp_ref = logp
-            .iter()
-            .map(|l| l - rng.random_range(-0.5f32..0.5))
-            .collect();
+        let logp_old = logp.iter().map(|l| l - rng.random_range(-0.3f32..0.3)).collect();
+        let logp_ref = logp.iter().map(|l| l - rng.random_range(-0.5f32..0.5)).collect();
         let adv = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
         let mut mask = vec![0.0f32; n];
         for r in 0..rows {
             let len = rng.random_range(max_len / 4..=max_len);
             mask[r * max_len..r * max_len + len].fill(1.0);
         }
-        Self {
-            rows,
-            max_len,
-            logp,
-            logp_old,
-            logp_ref,
-            adv,
-            mask,
-        }
+        Self { rows, max_len, logp, logp_old, logp_ref, adv, mask }
     }
 
     fn inputs(&self) -> LossInputs<'_> {
@@ -68,10 +54,7 @@ impl Batch {
 
 /// The benchmarked configuration: default clipping with dual clip, k3 KL, token-mean.
 fn config() -> LossConfig {
-    LossConfig {
-        kl: Some((KlEstimator::K3, 0.01)),
-        ..LossConfig::default()
-    }
+    LossConfig { kl: Some((KlEstimator::K3, 0.01)), ..LossConfig::default() }
 }
 
 /// The same loss as separate candle ops; autograd gives the gradient (what an unfused
@@ -124,16 +107,9 @@ fn bench_size(c: &mut Criterion, rows: usize, max_len: usize) {
     let dev = Device::Cpu;
     let t = |v: &[f32]| Tensor::from_slice(v, (rows, max_len), &dev).expect("tensor");
     let logp = Var::from_tensor(&t(&batch.logp)).expect("var");
-    let (old, rf, adv, mask) = (
-        t(&batch.logp_old),
-        t(&batch.logp_ref),
-        t(&batch.adv),
-        t(&batch.mask),
-    );
+    let (old, rf, adv, mask) = (t(&batch.logp_old), t(&batch.logp_ref), t(&batch.adv), t(&batch.mask));
     group.bench_function("cpu_candle_ops", |b| {
-        b.iter(|| {
-            black_box(loss_candle_ops(&logp, &old, &rf, &adv, &mask, &cfg).expect("candle loss"))
-        })
+        b.iter(|| black_box(loss_candle_ops(&logp, &old, &rf, &adv, &mask, &cfg).expect("candle loss")))
     });
 
     #[cfg(feature = "cuda")]

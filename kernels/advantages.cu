@@ -10,6 +10,15 @@
 
 #define WARP 32
 
+// (x - mean) / (sd + eps) under mean_std_norm, x - mean under mean_norm. With eps = 0 and no
+// spread every x equals the mean, and the result is 0 rather than 0/0 (as in the CPU engine).
+__device__ double standardise(double x, double mean, double sd, double eps, int mean_norm) {
+    const double v = x - mean;
+    if (mean_norm) return v;
+    const double scale = sd + eps;
+    return scale > 0.0 ? v / scale : 0.0;
+}
+
 __device__ double warp_sum(double v) {
     for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
     return __shfl_sync(0xffffffffu, v, 0);
@@ -61,9 +70,9 @@ extern "C" __global__ void g2po_row_terms(const unsigned int* __restrict__ node,
     const unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const int nx = next_node[i];
-    const float v_next = nx >= 0 ? node_value[nx] : terminal_value[i];
-    x[i] = v_next - (invalid[i] ? penalty : 0.0f);
-    td[i] = v_next - node_value[node[i]];
+    const double v_next = nx >= 0 ? (double)node_value[nx] : (double)terminal_value[i];
+    x[i] = (float)(v_next - (invalid[i] ? (double)penalty : 0.0));
+    td[i] = (float)(v_next - (double)node_value[node[i]]);
 }
 
 // Stage 3 (warp per node): node-centric term, x normalised among the rows of the node; a node
@@ -81,11 +90,7 @@ extern "C" __global__ void g2po_node_centric(const float* __restrict__ x,
     seg_mean_sd(x, node_rows, b, e, lane, &m, &sd);
     for (unsigned int i = b + lane; i < e; i += WARP) {
         const unsigned int r = node_rows[i];
-        double v = 0.0;
-        if (e - b > 1) {
-            v = (double)x[r] - m;
-            if (!mean_norm) v /= sd + (double)epsilon;
-        }
+        const double v = (e - b > 1) ? standardise((double)x[r], m, sd, (double)epsilon, mean_norm) : 0.0;
         node_centric[r] = (float)v;
     }
 }
@@ -116,13 +121,8 @@ extern "C" __global__ void g2po_group_terms(const float* __restrict__ td,
     }
     for (unsigned int i = b + lane; i < e; i += WARP) {
         const unsigned int r = group_rows[i];
-        double ec = 0.0;
-        if (!single) {
-            ec = (double)td[r] - dm;
-            if (!mean_norm) ec /= dsd + (double)epsilon;
-        }
-        double ep = (double)score[r] - sm;
-        if (!mean_norm) ep /= ssd + (double)epsilon;
+        const double ec = single ? 0.0 : standardise((double)td[r], dm, dsd, (double)epsilon, mean_norm);
+        const double ep = standardise((double)score[r], sm, ssd, (double)epsilon, mean_norm);
         const float ecf = (float)ec, epf = (float)ep;
         edge_centric[r] = ecf;
         episode[r] = epf;

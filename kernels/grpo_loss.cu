@@ -5,30 +5,33 @@
 // Pipeline (all reductions are fixed-order, so results are bitwise reproducible run to run and
 // independent of the device's SM count):
 //   1. grpo_row_counts   : one block per row, sum of the mask of that row (double).
-//   2. grpo_total_count  : one block, sum of the per-row counts in row order.
+//   2. grpo_total_count  : one block, masked tokens and live rows (rows with a masked token).
 //   3. grpo_loss_fwd_bwd : grid-stride over tokens; reads each input once, writes d loss/d logp
 //                          once, and leaves NSTAT per-block partial sums.
 //   4. grpo_reduce_partials : one block, sums the per-block partials in block order.
 // Step 1 re-reads the mask (4 of ~28 bytes per token) so that the aggregation weight of every
 // token is known when its gradient is written, which avoids a second pass over the gradient.
 
-#define NSTAT 9
-// Partial-sum slots (weighted = multiplied by the token's aggregation weight).
-#define S_LOSS 0      // weighted total per-token loss
-#define S_PG 1        // weighted policy-gradient term
-#define S_KL 2        // weighted KL term (unscaled by beta)
-#define S_ENT_AGG 3   // weighted entropy
-#define S_CLIP 4      // masked tokens whose clipped term was active
-#define S_DUAL 5      // negative-advantage masked tokens where the dual clip was active
-#define S_NEG 6       // negative-advantage masked tokens (dual clip enabled only)
-#define S_APPROX 7    // sum of mask * (logp_old - logp), log-ratio clamped to [-20, 20]
-#define S_ENT 8       // sum of mask * entropy
+#define NSTAT 7
+// Partial-sum slots (weighted = multiplied by the token's aggregation weight). The total loss is
+// assembled on the host from slots 0-2, exactly as the CPU reference does.
+#define S_PG 0        // weighted policy-gradient term
+#define S_KL 1        // weighted KL term (unscaled by beta)
+#define S_ENT_AGG 2   // weighted entropy
+#define S_CLIP 3      // masked tokens whose clipped term was active
+#define S_DUAL 4      // masked tokens where the dual clip was active (divided by ALL masked tokens)
+#define S_APPROX 5    // sum of mask * (logp_old - logp), log-ratio clamped to [-20, 20]
+#define S_ENT 6       // sum of mask * entropy
 
 // Aggregation modes (must match src/cuda/loss.rs).
 #define AGG_TOKEN_MEAN 0
 #define AGG_SEQ_MEAN_TOKEN_SUM 1
 #define AGG_SEQ_MEAN_TOKEN_MEAN 2
 #define AGG_SEQ_MEAN_TOKEN_SUM_NORM 3
+
+// Bounds shared with learner::fused (LOG_RATIO_CLAMP, K3_CLAMP).
+#define LOG_RATIO_CLAMP 20.0
+#define K3_CLAMP 10.0
 
 #define BLOCK 256
 
@@ -53,112 +56,119 @@ extern "C" __global__ void grpo_row_counts(const float* __restrict__ mask, unsig
     if (r >= rows) return;
     const float* m = mask + (unsigned long long)r * max_len;
     double s = 0.0;
-    for (unsigned int j = threadIdx.x; j < max_len; j += blockDim.x) s += (double)m[j];
+    // Counts entries equal to 1 (what the loss kernel treats as masked), not the sum of the mask.
+    for (unsigned int j = threadIdx.x; j < max_len; j += blockDim.x) s += m[j] == 1.0f ? 1.0 : 0.0;
     s = block_sum(s, scratch);
     if (threadIdx.x == 0) row_count[r] = s;
 }
 
+// total[0] = masked tokens, total[1] = rows with at least one masked token ("live" rows: the
+// sequence-mean modes average over those only, as learner::fused does).
 extern "C" __global__ void grpo_total_count(const double* __restrict__ row_count,
                                             unsigned int rows, double* __restrict__ total) {
     __shared__ double scratch[BLOCK / 32];
-    double s = 0.0;
-    for (unsigned int r = threadIdx.x; r < rows; r += blockDim.x) s += row_count[r];
+    double s = 0.0, live = 0.0;
+    for (unsigned int r = threadIdx.x; r < rows; r += blockDim.x) {
+        s += row_count[r];
+        live += row_count[r] > 0.0 ? 1.0 : 0.0;
+    }
     s = block_sum(s, scratch);
-    if (threadIdx.x == 0) total[0] = s;
+    live = block_sum(live, scratch);
+    if (threadIdx.x == 0) {
+        total[0] = s;
+        total[1] = live;
+    }
 }
 
+// Per-token arithmetic is in double, like the CPU reference, so that both take the same branch
+// at every kink (clip edges, clamps) and agree to the last bits of the f32 gradient; the kernel
+// stays memory-bound on data-centre GPUs, whose FP64 rate is half the FP32 rate.
 extern "C" __global__ void grpo_loss_fwd_bwd(
     const float* __restrict__ logp, const float* __restrict__ logp_old,
     const float* __restrict__ logp_ref, const float* __restrict__ adv,
     const float* __restrict__ entropy, const float* __restrict__ mask,
     const double* __restrict__ row_count, const double* __restrict__ total_count,
     unsigned int rows, unsigned int max_len,
-    float clip_low, float clip_high, float dual_c, int use_dual, int kl_mode, float beta,
-    float entropy_coef, int has_entropy, int agg, float norm_length,
+    double clip_low, double clip_high, double dual_c, int use_dual, int kl_mode, double beta,
+    int has_entropy, int agg, double norm_length,
     float* __restrict__ grad, double* __restrict__ partials) {
     __shared__ double scratch[BLOCK / 32];
     double acc[NSTAT];
     for (int i = 0; i < NSTAT; ++i) acc[i] = 0.0;
     const unsigned long long n = (unsigned long long)rows * max_len;
     const double total = total_count[0];
+    const double live = total_count[1];
     const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
     for (unsigned long long idx = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
          idx < n; idx += stride) {
-        const float m = mask[idx];
-        if (m == 0.0f) {
+        if (mask[idx] != 1.0f) {  // the host checked the mask is 0/1
             grad[idx] = 0.0f;
             continue;
         }
         const unsigned int r = (unsigned int)(idx / max_len);
-        // Aggregation weight of this token: the loss is sum_t weight_t * mask_t * L_t.
+        // Aggregation weight of this token: the loss is sum_t w_t * L_t over masked tokens.
         double w;
         if (agg == AGG_TOKEN_MEAN) {
             w = 1.0 / total;
         } else if (agg == AGG_SEQ_MEAN_TOKEN_SUM) {
-            w = 1.0 / (double)rows;
+            w = 1.0 / live;
         } else if (agg == AGG_SEQ_MEAN_TOKEN_MEAN) {
-            w = 1.0 / ((double)rows * row_count[r]);
+            w = 1.0 / (live * row_count[r]);
         } else {
-            w = 1.0 / ((double)rows * (double)norm_length);
+            w = 1.0 / (live * norm_length);
         }
-        const float lp = logp[idx];
-        const float a = adv[idx];
-        // Ratio with the log-ratio clamped to [-20, 20] (the clamp passes no gradient outside).
-        const float raw = lp - logp_old[idx];
-        const float d = fminf(fmaxf(raw, -20.0f), 20.0f);
-        const float d_pass = (raw >= -20.0f && raw <= 20.0f) ? 1.0f : 0.0f;
-        const float rho = expf(d);
-        const float lo = 1.0f - clip_low, hi = 1.0f + clip_high;
-        const float rho_c = fminf(fmaxf(rho, lo), hi);
-        const float pg1 = -a * rho;
-        const float pg2 = -a * rho_c;
-        const float clip1 = fmaxf(pg1, pg2);
+        const double lp = (double)logp[idx];
+        const double a = (double)adv[idx];
+        // Ratio with the log-ratio clamped to [-20, 20]; the gradient passes on the boundary
+        // itself (as torch's clamp does) and is zero outside.
+        const double raw = lp - (double)logp_old[idx];
+        const double d = fmin(fmax(raw, -LOG_RATIO_CLAMP), LOG_RATIO_CLAMP);
+        const double rho = exp(d);
+        const double d_rho = fabs(raw) <= LOG_RATIO_CLAMP ? rho : 0.0;
+        const double rho_c = fmin(fmax(rho, 1.0 - clip_low), 1.0 + clip_high);
+        const double pg1 = -a * rho;
+        const double pg2 = -a * rho_c;
+        // verl: max(pg1, pg2); the clipped branch (flat in logp) is active only where strictly
+        // larger, which is also what the clip fraction counts.
         const bool clipped = pg2 > pg1;
-        // d pg / d logp: -A*rho through the unclipped branch; zero when the clipped branch is
-        // active (the clamp is flat there).
-        float dpg = clipped ? 0.0f : -a * rho * d_pass;
-        float pg = clip1;
+        double pg = clipped ? pg2 : pg1;
+        double dpg = clipped ? 0.0 : -a * d_rho;
         bool dual_active = false;
-        if (use_dual && a < 0.0f) {
-            const float pg3 = -a * dual_c;
-            if (clip1 > pg3) {
+        if (use_dual && a < 0.0) {
+            const double pg3 = -a * dual_c;
+            if (pg > pg3) {
                 dual_active = true;
                 pg = pg3;
-                dpg = 0.0f;
+                dpg = 0.0;
             }
-            acc[S_NEG] += (double)m;
         }
-        float kl = 0.0f, dkl = 0.0f;
+        double kl = 0.0, dkl = 0.0;
         if (kl_mode == 1) {
-            kl = lp - logp_ref[idx];
-            dkl = 1.0f;
+            kl = lp - (double)logp_ref[idx];
+            dkl = 1.0;
         } else if (kl_mode == 2) {
-            const float diff = lp - logp_ref[idx];
-            kl = 0.5f * diff * diff;
+            const double diff = lp - (double)logp_ref[idx];
+            kl = 0.5 * diff * diff;
             dkl = diff;
         } else if (kl_mode == 3) {
-            const float qr = logp_ref[idx] - lp;
-            const float q = fminf(fmaxf(qr, -20.0f), 20.0f);
-            const float q_pass = (qr >= -20.0f && qr <= 20.0f) ? 1.0f : 0.0f;
-            const float eq = expf(q);
-            const float k = eq - q - 1.0f;
-            kl = fminf(fmaxf(k, -10.0f), 10.0f);
-            const float k_pass = (k >= -10.0f && k <= 10.0f) ? 1.0f : 0.0f;
-            // dk/dlogp = (exp(q) - 1) * dq/dlogp, dq/dlogp = -1.
-            dkl = -(eq - 1.0f) * q_pass * k_pass;
+            const double qr = (double)logp_ref[idx] - lp;
+            const double q = fmin(fmax(qr, -LOG_RATIO_CLAMP), LOG_RATIO_CLAMP);
+            const double eq = exp(q);
+            const double k = eq - q - 1.0;
+            kl = fmin(fmax(k, -K3_CLAMP), K3_CLAMP);
+            // d/dlogp (e^q - q - 1) = 1 - e^q, unless a clamp holds the value.
+            const bool active = fabs(qr) <= LOG_RATIO_CLAMP && fabs(k) <= K3_CLAMP;
+            dkl = active ? 1.0 - eq : 0.0;
         }
-        const float ent = has_entropy ? entropy[idx] : 0.0f;
-        const float tok = pg + beta * kl - entropy_coef * ent;
-        const double wm = w * (double)m;
-        grad[idx] = (float)(wm * (double)(dpg + beta * dkl));
-        acc[S_LOSS] += wm * (double)tok;
-        acc[S_PG] += wm * (double)pg;
-        acc[S_KL] += wm * (double)kl;
-        acc[S_ENT_AGG] += wm * (double)ent;
-        acc[S_CLIP] += clipped ? (double)m : 0.0;
-        acc[S_DUAL] += dual_active ? (double)m : 0.0;
-        acc[S_APPROX] += (double)m * (double)(-d);
-        acc[S_ENT] += (double)m * (double)ent;
+        const double ent = has_entropy ? (double)entropy[idx] : 0.0;
+        grad[idx] = (float)(w * (dpg + beta * dkl));
+        acc[S_PG] += w * pg;
+        acc[S_KL] += w * kl;
+        acc[S_ENT_AGG] += w * ent;
+        acc[S_CLIP] += clipped ? 1.0 : 0.0;
+        acc[S_DUAL] += dual_active ? 1.0 : 0.0;
+        acc[S_APPROX] -= d;
+        acc[S_ENT] += ent;
     }
     for (int i = 0; i < NSTAT; ++i) {
         const double s = block_sum(acc[i], scratch);

@@ -71,10 +71,7 @@ fn compile_errors_are_typed_with_the_log() {
     match cuda::compile_kernel(&broken) {
         Err(CudaError::Compile { kernel, log }) => {
             assert_eq!(kernel, "broken.cu");
-            assert!(
-                log.contains("undeclared"),
-                "log should name the error: {log}"
-            );
+            assert!(log.contains("undeclared"), "log should name the error: {log}");
         }
         other => panic!("expected a compile error, got {other:?}"),
     }

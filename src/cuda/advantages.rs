@@ -50,12 +50,7 @@ pub struct StageParams {
 
 impl Default for StageParams {
     fn default() -> Self {
-        Self {
-            epsilon: 1e-6,
-            mean_norm: false,
-            weight: 1.0,
-            invalid_penalty: 0.1,
-        }
+        Self { epsilon: 1e-6, mean_norm: false, weight: 1.0, invalid_penalty: 0.1 }
     }
 }
 
@@ -151,9 +146,7 @@ impl StagePlan {
         ];
         for (name, len) in lens {
             if len != n {
-                return bad(format!(
-                    "{name} has {len} entries, expected {n} (one per row)"
-                ));
+                return bad(format!("{name} has {len} entries, expected {n} (one per row)"));
             }
         }
         if inputs.token_offsets.len() != n + 1 {
@@ -169,11 +162,9 @@ impl StagePlan {
         if let Some(w) = inputs.token_offsets.windows(2).position(|w| w[1] < w[0]) {
             return bad(format!("token_offsets decrease at row {w}"));
         }
-        for (name, s) in [
-            ("terminal_value", inputs.terminal_value),
-            ("visit_value", inputs.visit_value),
-            ("score", inputs.score),
-        ] {
+        for (name, s) in
+            [("terminal_value", inputs.terminal_value), ("visit_value", inputs.visit_value), ("score", inputs.score)]
+        {
             if let Some(i) = s.iter().position(|v| !v.is_finite()) {
                 return bad(format!("{name}[{i}] = {} is not finite", s[i]));
             }
@@ -213,28 +204,16 @@ impl StagePlan {
         }
         let (node_rows, node_offsets) = csr(inputs.node, num_nodes);
         let (group_rows, group_offsets) = csr(inputs.group, num_groups);
-        Ok(Self {
-            num_nodes,
-            num_groups,
-            node_rows,
-            node_offsets,
-            group_rows,
-            group_offsets,
-        })
+        Ok(Self { num_nodes, num_groups, node_rows, node_offsets, group_rows, group_offsets })
     }
 }
 
 fn check_params(p: &StageParams) -> Result<(), CudaError> {
     if !(p.epsilon.is_finite() && p.epsilon >= 0.0) {
-        return Err(CudaError::InvalidInput(format!(
-            "epsilon = {} must be finite and >= 0",
-            p.epsilon
-        )));
+        return Err(CudaError::InvalidInput(format!("epsilon = {} must be finite and >= 0", p.epsilon)));
     }
     if !p.weight.is_finite() || !p.invalid_penalty.is_finite() {
-        return Err(CudaError::InvalidInput(
-            "weight and invalid_penalty must be finite".into(),
-        ));
+        return Err(CudaError::InvalidInput("weight and invalid_penalty must be finite".into()));
     }
     Ok(())
 }
@@ -271,11 +250,7 @@ impl GpuContext {
     /// assert_eq!(out.token_advantage.len(), 5);
     /// # Ok::<(), g2po::cuda::CudaError>(())
     /// ```
-    pub fn g2po_stages(
-        &self,
-        inputs: &StageInputs<'_>,
-        params: &StageParams,
-    ) -> Result<StageOutputs, CudaError> {
+    pub fn g2po_stages(&self, inputs: &StageInputs<'_>, params: &StageParams) -> Result<StageOutputs, CudaError> {
         check_params(params)?;
         let plan = StagePlan::new(inputs)?;
         let n = inputs.group.len();
@@ -284,9 +259,7 @@ impl GpuContext {
         let groups = plan.num_groups as u32;
         let tokens = inputs.token_offsets[n] as usize;
         let s = &self.stream;
-        let f = |name: &str| -> Result<CudaFunction, CudaError> {
-            Ok(self.advantages.load_function(name)?)
-        };
+        let f = |name: &str| -> Result<CudaFunction, CudaError> { Ok(self.advantages.load_function(name)?) };
         let node = s.clone_htod(inputs.node)?;
         let next_node = s.clone_htod(inputs.next_node)?;
         let terminal_value = s.clone_htod(inputs.terminal_value)?;
@@ -467,15 +440,9 @@ mod tests {
     #[test]
     fn params_are_checked() {
         assert!(check_params(&StageParams::default()).is_ok());
-        let p = StageParams {
-            epsilon: -1.0,
-            ..StageParams::default()
-        };
+        let p = StageParams { epsilon: -1.0, ..StageParams::default() };
         assert!(check_params(&p).is_err());
-        let p = StageParams {
-            weight: f32::INFINITY,
-            ..StageParams::default()
-        };
+        let p = StageParams { weight: f32::INFINITY, ..StageParams::default() };
         assert!(check_params(&p).is_err());
     }
 }

@@ -5,21 +5,23 @@ use std::sync::Arc;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg};
 
 use super::{CudaError, GpuContext};
-use crate::learner::{
-    KlEstimator, LossAggregation, LossConfig, LossDiagnostics, LossInputs, LossOutput,
-};
+use crate::learner::{KlEstimator, LossAggregation, LossConfig, LossDiagnostics, LossInputs, LossOutput};
 
 /// Threads per block; must match `BLOCK` in the kernel.
 const BLOCK: u32 = 256;
 /// Number of partial sums per block; must match `NSTAT` in the kernel.
-const NSTAT: usize = 9;
+const NSTAT: usize = 7;
 /// Upper bound on the loss grid: enough blocks to saturate any current GPU, few enough that
 /// the final single-block reduction of the partials stays negligible. The grid depends only on
 /// the problem size, so results do not depend on the GPU model.
 const MAX_BLOCKS: u64 = 2048;
 
-/// Checks `inputs` and `config` against the contract of [`LossInputs`] / [`LossConfig`]: slice
-/// lengths, finite masked values, a 0/1 mask with at least one token, and option ranges.
+/// Checks `inputs` and `config` with exactly the rules of
+/// `crate::learner::fused::grpo_loss_cpu`, so that both paths accept and reject the same
+/// inputs: option ranges (`learner::fused::validate_config`), slice lengths (`logp_ref` when a
+/// KL term is configured or it is non-empty, `entropy` when `entropy_coef != 0` or it is
+/// non-empty), finite values everywhere (padding included), a 0/1 mask with at least one
+/// token. The GPU additionally needs `rows` and `max_len` to fit in `u32`.
 ///
 /// # Errors
 /// [`CudaError::InvalidInput`] naming the first violation.
@@ -53,7 +55,7 @@ pub fn validate_loss_inputs(inputs: &LossInputs<'_>, config: &LossConfig) -> Res
         ("advantages", inputs.advantages),
         ("mask", inputs.mask),
     ];
-    if config.kl.is_some() {
+    if config.kl.is_some() || !inputs.logp_ref.is_empty() {
         named.push(("logp_ref", inputs.logp_ref));
     }
     if config.entropy_coef != 0.0 || !inputs.entropy.is_empty() {
@@ -61,67 +63,24 @@ pub fn validate_loss_inputs(inputs: &LossInputs<'_>, config: &LossConfig) -> Res
     }
     for (name, s) in &named {
         if s.len() != n {
-            return bad(format!(
-                "{name} has {} values, expected rows * max_len = {n}",
-                s.len()
-            ));
+            return bad(format!("{name} has {} values, expected rows * max_len = {n}", s.len()));
+        }
+        if let Some(i) = s.iter().position(|v| !v.is_finite()) {
+            return bad(format!("{name}[{i}] = {} is not finite", s[i]));
         }
     }
-    let mut tokens = 0usize;
-    for (i, &m) in inputs.mask.iter().enumerate() {
-        if m != 0.0 && m != 1.0 {
-            return bad(format!("mask[{i}] = {m}; the mask must be 0 or 1"));
-        }
-        if m == 1.0 {
-            tokens += 1;
-            for (name, s) in &named {
-                if !s[i].is_finite() {
-                    return bad(format!("{name}[{i}] = {} is not finite", s[i]));
-                }
-            }
-        }
+    if let Some(i) = inputs.mask.iter().position(|&m| m != 0.0 && m != 1.0) {
+        return bad(format!("mask[{i}] = {}; the mask must be 0 or 1", inputs.mask[i]));
     }
-    if tokens == 0 {
+    if !inputs.mask.contains(&1.0) {
         return bad("the mask selects no token".into());
     }
     Ok(())
 }
 
+/// The option ranges of the CPU reference, as a [`CudaError`].
 fn validate_config(config: &LossConfig) -> Result<(), CudaError> {
-    let bad = |m: String| Err(CudaError::InvalidInput(m));
-    if !(config.clip_low.is_finite() && (0.0..1.0).contains(&config.clip_low)) {
-        return bad(format!("clip_low = {} must be in [0, 1)", config.clip_low));
-    }
-    if !(config.clip_high.is_finite() && config.clip_high >= 0.0) {
-        return bad(format!(
-            "clip_high = {} must be finite and >= 0",
-            config.clip_high
-        ));
-    }
-    if let Some(c) = config.dual_clip
-        && !(c.is_finite() && c > 1.0)
-    {
-        return bad(format!("dual_clip = {c} must be finite and > 1"));
-    }
-    if let Some((_, beta)) = config.kl
-        && !(beta.is_finite() && beta >= 0.0)
-    {
-        return bad(format!("KL coefficient {beta} must be finite and >= 0"));
-    }
-    if !config.entropy_coef.is_finite() {
-        return bad(format!(
-            "entropy_coef = {} must be finite",
-            config.entropy_coef
-        ));
-    }
-    if let LossAggregation::SeqMeanTokenSumNorm { length } = config.aggregation
-        && !(length.is_finite() && length > 0.0)
-    {
-        return bad(format!(
-            "normalising length {length} must be finite and > 0"
-        ));
-    }
-    Ok(())
+    crate::learner::fused::validate_config(config).map_err(|e| CudaError::InvalidInput(e.to_string()))
 }
 
 /// Handles of the four loss kernels in one loaded module.
@@ -133,9 +92,7 @@ pub(crate) struct LossFunctions {
 }
 
 impl LossFunctions {
-    pub(crate) fn load(
-        mut get: impl FnMut(&str) -> Result<CudaFunction, CudaError>,
-    ) -> Result<Self, CudaError> {
+    pub(crate) fn load(mut get: impl FnMut(&str) -> Result<CudaFunction, CudaError>) -> Result<Self, CudaError> {
         Ok(Self {
             row_counts: get("grpo_row_counts")?,
             total_count: get("grpo_total_count")?,
@@ -166,21 +123,23 @@ pub(crate) struct RawLoss {
     pub tokens: f64,
 }
 
-fn kl_mode(config: &LossConfig) -> (i32, f32) {
+// The options travel to the kernel as f64, unrounded, so that clip bounds, beta and the
+// normalising length are the very values the CPU reference uses.
+fn kl_mode(config: &LossConfig) -> (i32, f64) {
     match config.kl {
         None => (0, 0.0),
-        Some((KlEstimator::K1, b)) => (1, b as f32),
-        Some((KlEstimator::K2, b)) => (2, b as f32),
-        Some((KlEstimator::K3, b)) => (3, b as f32),
+        Some((KlEstimator::K1, b)) => (1, b),
+        Some((KlEstimator::K2, b)) => (2, b),
+        Some((KlEstimator::K3, b)) => (3, b),
     }
 }
 
-fn aggregation(config: &LossConfig) -> (i32, f32) {
+fn aggregation(config: &LossConfig) -> (i32, f64) {
     match config.aggregation {
         LossAggregation::TokenMean => (0, 1.0),
         LossAggregation::SeqMeanTokenSum => (1, 1.0),
         LossAggregation::SeqMeanTokenMean => (2, 1.0),
-        LossAggregation::SeqMeanTokenSumNorm { length } => (3, length as f32),
+        LossAggregation::SeqMeanTokenSumNorm { length } => (3, length),
     }
 }
 
@@ -193,10 +152,8 @@ pub(crate) fn run_loss(
 ) -> Result<RawLoss, CudaError> {
     validate_config(config)?;
     let n = (x.rows as u64) * (x.max_len as u64);
-    let rows = u32::try_from(x.rows)
-        .map_err(|_| CudaError::InvalidInput("rows must fit in u32".into()))?;
-    let max_len = u32::try_from(x.max_len)
-        .map_err(|_| CudaError::InvalidInput("max_len must fit in u32".into()))?;
+    let rows = u32::try_from(x.rows).map_err(|_| CudaError::InvalidInput("rows must fit in u32".into()))?;
+    let max_len = u32::try_from(x.max_len).map_err(|_| CudaError::InvalidInput("max_len must fit in u32".into()))?;
     if n == 0 {
         return Err(CudaError::InvalidInput("empty batch".into()));
     }
@@ -204,17 +161,12 @@ pub(crate) fn run_loss(
         return Err(CudaError::InvalidInput("a KL term needs logp_ref".into()));
     }
     if config.entropy_coef != 0.0 && x.entropy.is_none() {
-        return Err(CudaError::InvalidInput(
-            "an entropy term needs entropy".into(),
-        ));
+        return Err(CudaError::InvalidInput("an entropy term needs entropy".into()));
     }
-    let block = |g: u32| LaunchConfig {
-        grid_dim: (g, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let block = |g: u32| LaunchConfig { grid_dim: (g, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
     let mut row_count = stream.alloc_zeros::<f64>(x.rows)?;
-    let mut total = stream.alloc_zeros::<f64>(1)?;
+    // [masked tokens, rows with at least one masked token]
+    let mut total = stream.alloc_zeros::<f64>(2)?;
     // SAFETY: argument lists match the kernel signatures in kernels/grpo_loss.cu; every view
     // holds rows * max_len elements.
     unsafe {
@@ -225,12 +177,7 @@ pub(crate) fn run_loss(
             .arg(&max_len)
             .arg(&mut row_count)
             .launch(block(rows))?;
-        stream
-            .launch_builder(&f.total_count)
-            .arg(&row_count)
-            .arg(&rows)
-            .arg(&mut total)
-            .launch(block(1))?;
+        stream.launch_builder(&f.total_count).arg(&row_count).arg(&rows).arg(&mut total).launch(block(1))?;
     }
     let blocks = n.div_ceil(u64::from(BLOCK) * 4).clamp(1, MAX_BLOCKS) as u32;
     // SAFETY: the kernel writes every one of the n gradient entries before it is read.
@@ -240,12 +187,10 @@ pub(crate) fn run_loss(
     let (kl, beta) = kl_mode(config);
     let (agg, norm_length) = aggregation(config);
     let (use_dual, dual_c) = match config.dual_clip {
-        Some(c) => (1i32, c as f32),
-        None => (0i32, 0.0f32),
+        Some(c) => (1i32, c),
+        None => (0i32, 0.0f64),
     };
-    let clip_low = config.clip_low as f32;
-    let clip_high = config.clip_high as f32;
-    let entropy_coef = config.entropy_coef as f32;
+    let (clip_low, clip_high) = (config.clip_low, config.clip_high);
     let has_entropy = i32::from(x.entropy.is_some());
     let logp_ref = x.logp_ref.as_ref().unwrap_or(&x.logp);
     let entropy = x.entropy.as_ref().unwrap_or(&x.logp);
@@ -269,29 +214,19 @@ pub(crate) fn run_loss(
             .arg(&use_dual)
             .arg(&kl)
             .arg(&beta)
-            .arg(&entropy_coef)
             .arg(&has_entropy)
             .arg(&agg)
             .arg(&norm_length)
             .arg(&mut grad)
             .arg(&mut partials)
             .launch(block(blocks))?;
-        stream
-            .launch_builder(&f.reduce)
-            .arg(&partials)
-            .arg(&blocks)
-            .arg(&mut out)
-            .launch(block(1))?;
+        stream.launch_builder(&f.reduce).arg(&partials).arg(&blocks).arg(&mut out).launch(block(1))?;
     }
     let stats_v = stream.clone_dtoh(&out)?;
     let total_v = stream.clone_dtoh(&total)?;
     let mut stats = [0.0; NSTAT];
     stats.copy_from_slice(&stats_v);
-    Ok(RawLoss {
-        grad,
-        stats,
-        tokens: total_v[0],
-    })
+    Ok(RawLoss { grad, stats, tokens: total_v[0] })
 }
 
 /// Turns the reduced statistics into the loss and diagnostics (slot order as in the kernel).
@@ -304,19 +239,23 @@ pub(crate) fn finish(
     if tokens <= 0.0 {
         return Err(CudaError::InvalidInput("the mask selects no token".into()));
     }
-    let [loss, pg, kl, _ent_agg, clip, dual, neg, approx, ent] = *stats;
+    let [pg, kl, ent_agg, clip, dual, approx, ent] = *stats;
+    // Same assembly as learner::fused::grpo_loss_cpu: both fractions are over ALL masked tokens
+    // (verl's pg_clipfrac / pg_clipfrac_lower), and an absent entropy contributes nothing.
+    let beta = config.kl.map_or(0.0, |(_, b)| b);
+    let ent_agg = if has_entropy { ent_agg } else { 0.0 };
+    let kl = if config.kl.is_some() { kl } else { 0.0 };
+    let loss = pg + beta * kl - config.entropy_coef * ent_agg;
     let diagnostics = LossDiagnostics {
         policy_loss: pg,
         clip_fraction: clip / tokens,
-        dual_clip_fraction: if neg > 0.0 { dual / neg } else { 0.0 },
+        dual_clip_fraction: dual / tokens,
         approx_kl_old: approx / tokens,
-        kl_ref: if config.kl.is_some() { kl } else { 0.0 },
+        kl_ref: kl,
         entropy: if has_entropy { ent / tokens } else { 0.0 },
     };
     if !loss.is_finite() {
-        return Err(CudaError::InvalidInput(format!(
-            "the loss is not finite ({loss}); check the inputs"
-        )));
+        return Err(CudaError::InvalidInput(format!("the loss is not finite ({loss}); check the inputs")));
     }
     Ok((loss, diagnostics))
 }
@@ -343,11 +282,7 @@ impl GpuContext {
     /// assert_eq!(out.grad_logp.len(), 4);
     /// # Ok::<(), g2po::cuda::CudaError>(())
     /// ```
-    pub fn grpo_loss(
-        &self,
-        inputs: &LossInputs<'_>,
-        config: &LossConfig,
-    ) -> Result<LossOutput, CudaError> {
+    pub fn grpo_loss(&self, inputs: &LossInputs<'_>, config: &LossConfig) -> Result<LossOutput, CudaError> {
         validate_loss_inputs(inputs, config)?;
         let s = &self.stream;
         let logp = s.clone_htod(inputs.logp)?;
@@ -358,11 +293,7 @@ impl GpuContext {
             Some(_) => Some(s.clone_htod(inputs.logp_ref)?),
             None => None,
         };
-        let entropy = if inputs.entropy.is_empty() {
-            None
-        } else {
-            Some(s.clone_htod(inputs.entropy)?)
-        };
+        let entropy = if inputs.entropy.is_empty() { None } else { Some(s.clone_htod(inputs.entropy)?) };
         let funcs = LossFunctions::load(|name| Ok(self.loss.load_function(name)?))?;
         let dev = DeviceLossInputs {
             rows: inputs.rows,
@@ -377,11 +308,7 @@ impl GpuContext {
         let raw = run_loss(s, &funcs, &dev, config)?;
         let grad_logp = s.clone_dtoh(&raw.grad)?;
         let (loss, diagnostics) = finish(&raw.stats, raw.tokens, entropy.is_some(), config)?;
-        Ok(LossOutput {
-            loss,
-            grad_logp,
-            diagnostics,
-        })
+        Ok(LossOutput { loss, grad_logp, diagnostics })
     }
 }
 
@@ -445,9 +372,7 @@ mod candle_op {
 
     impl std::fmt::Debug for FusedGrpoLoss {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("FusedGrpoLoss")
-                .field("config", &self.config)
-                .finish_non_exhaustive()
+            f.debug_struct("FusedGrpoLoss").field("config", &self.config).finish_non_exhaustive()
         }
     }
 
@@ -480,19 +405,9 @@ mod candle_op {
                 return Err(CudaError::InvalidInput("a KL term needs logp_ref".into()));
             }
             if config.entropy_coef != 0.0 && entropy.is_none() {
-                return Err(CudaError::InvalidInput(
-                    "an entropy term needs entropy".into(),
-                ));
+                return Err(CudaError::InvalidInput("an entropy term needs entropy".into()));
             }
-            Ok(Self {
-                logp_old,
-                logp_ref,
-                advantages,
-                entropy,
-                mask,
-                config,
-                state: Arc::default(),
-            })
+            Ok(Self { logp_old, logp_ref, advantages, entropy, mask, config, state: Arc::default() })
         }
 
         /// Diagnostics of the last forward pass (`None` before the first).
@@ -512,15 +427,8 @@ mod candle_op {
     }
 
     /// A contiguous f32 view of a CUDA storage with the expected element count.
-    fn view<'a>(
-        s: &'a CudaStorage,
-        l: &Layout,
-        n: usize,
-        name: &str,
-    ) -> candle_core::Result<CudaView<'a, f32>> {
-        let (a, b) = l
-            .contiguous_offsets()
-            .ok_or_else(|| cerr(format!("{name} must be contiguous")))?;
+    fn view<'a>(s: &'a CudaStorage, l: &Layout, n: usize, name: &str) -> candle_core::Result<CudaView<'a, f32>> {
+        let (a, b) = l.contiguous_offsets().ok_or_else(|| cerr(format!("{name} must be contiguous")))?;
         if b - a != n {
             return Err(cerr(format!("{name} has {} elements, expected {n}", b - a)));
         }
@@ -533,16 +441,10 @@ mod candle_op {
         }
 
         fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-            Err(cerr(
-                "FusedGrpoLoss runs on CUDA tensors; on the CPU use learner::fused::grpo_loss_cpu",
-            ))
+            Err(cerr("FusedGrpoLoss runs on CUDA tensors; on the CPU use learner::fused::grpo_loss_cpu"))
         }
 
-        fn cuda_fwd(
-            &self,
-            storage: &CudaStorage,
-            layout: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
+        fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
             let (rows, max_len) = layout.shape().dims2()?;
             let n = rows * max_len;
             let dev = storage.device().clone();
@@ -586,8 +488,7 @@ mod candle_op {
             let has_entropy = inputs.entropy.is_some();
             let stream = dev.cuda_stream();
             let raw = run_loss(&stream, &funcs, &inputs, &self.config).map_err(cerr)?;
-            let (loss, diagnostics) =
-                finish(&raw.stats, raw.tokens, has_entropy, &self.config).map_err(cerr)?;
+            let (loss, diagnostics) = finish(&raw.stats, raw.tokens, has_entropy, &self.config).map_err(cerr)?;
             let host = [loss as f32];
             let out = stream.clone_htod(&host[..]).map_err(cerr)?;
             let mut st = self.state.lock().map_err(|_| cerr("poisoned state"))?;
@@ -596,15 +497,8 @@ mod candle_op {
             Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(())))
         }
 
-        fn bwd(
-            &self,
-            arg: &Tensor,
-            _res: &Tensor,
-            grad_res: &Tensor,
-        ) -> candle_core::Result<Option<Tensor>> {
-            let grad = arg.apply_op1_no_bwd(&StoredGrad {
-                state: self.state.clone(),
-            })?;
+        fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+            let grad = arg.apply_op1_no_bwd(&StoredGrad { state: self.state.clone() })?;
             Ok(Some(grad.broadcast_mul(grad_res)?))
         }
     }
@@ -623,25 +517,15 @@ mod candle_op {
             Err(cerr("the fused GRPO gradient lives on CUDA"))
         }
 
-        fn cuda_fwd(
-            &self,
-            storage: &CudaStorage,
-            layout: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
+        fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
             let st = self.state.lock().map_err(|_| cerr("poisoned state"))?;
-            let grad = st
-                .grad
-                .as_ref()
-                .ok_or_else(|| cerr("backward before forward"))?;
+            let grad = st.grad.as_ref().ok_or_else(|| cerr("backward before forward"))?;
             if grad.len() != layout.shape().elem_count() {
                 return Err(cerr("stored gradient does not match logp"));
             }
             let dev = storage.device().clone();
             let copy = dev.cuda_stream().clone_dtod(grad).map_err(cerr)?;
-            Ok((
-                CudaStorage::wrap_cuda_slice(copy, dev),
-                layout.shape().clone(),
-            ))
+            Ok((CudaStorage::wrap_cuda_slice(copy, dev), layout.shape().clone()))
         }
     }
 }

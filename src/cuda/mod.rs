@@ -26,11 +26,13 @@
 
 mod advantages;
 mod loss;
+mod stage_host;
 
 pub use advantages::{StageInputs, StageOutputs, StageParams, StagePlan};
 #[cfg(feature = "cuda")]
 pub use loss::FusedGrpoLoss;
 pub use loss::validate_loss_inputs;
+pub use stage_host::StageHost;
 
 use std::sync::{Arc, OnceLock};
 
@@ -61,6 +63,10 @@ pub enum CudaError {
     /// The inputs violate the documented contract.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A configuration the GPU path does not implement (e.g. G2PO episode statistics over
+    /// trajectories); use the CPU engine for it.
+    #[error("not supported on the GPU: {0}")]
+    Unsupported(String),
 }
 
 impl From<cudarc::driver::DriverError> for CudaError {
@@ -84,25 +90,14 @@ pub struct KernelSource {
 pub const GRPO_LOSS: KernelSource = KernelSource {
     name: "grpo_loss.cu",
     source: include_str!("../../kernels/grpo_loss.cu"),
-    entry_points: &[
-        "grpo_row_counts",
-        "grpo_total_count",
-        "grpo_loss_fwd_bwd",
-        "grpo_reduce_partials",
-    ],
+    entry_points: &["grpo_row_counts", "grpo_total_count", "grpo_loss_fwd_bwd", "grpo_reduce_partials"],
 };
 
 /// The G2PO advantage-stage kernels.
 pub const ADVANTAGES: KernelSource = KernelSource {
     name: "advantages.cu",
     source: include_str!("../../kernels/advantages.cu"),
-    entry_points: &[
-        "g2po_node_value",
-        "g2po_row_terms",
-        "g2po_node_centric",
-        "g2po_group_terms",
-        "g2po_broadcast",
-    ],
+    entry_points: &["g2po_node_value", "g2po_row_terms", "g2po_node_centric", "g2po_group_terms", "g2po_broadcast"],
 };
 
 /// Every kernel source of the crate.
@@ -179,16 +174,9 @@ pub fn compile_kernel(source: &KernelSource) -> Result<CompiledKernel, CudaError
         ftz: Some(false),
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(source.source, opts).map_err(|e| {
-        CudaError::Compile {
-            kernel: source.name,
-            log: format!("{e:?}"),
-        }
-    })?;
-    Ok(CompiledKernel {
-        source: *source,
-        ptx: ptx.to_src(),
-    })
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(source.source, opts)
+        .map_err(|e| CudaError::Compile { kernel: source.name, log: format!("{e:?}") })?;
+    Ok(CompiledKernel { source: *source, ptx: ptx.to_src() })
 }
 
 /// Compiles every kernel source ([`KERNELS`]) with NVRTC and returns the PTX. Needs only
@@ -211,15 +199,8 @@ pub fn compile_kernels() -> Result<Vec<CompiledKernel>, CudaError> {
 pub(crate) fn cached_ptx(source: &KernelSource) -> Result<&'static str, CudaError> {
     static LOSS: OnceLock<Result<String, CudaError>> = OnceLock::new();
     static ADV: OnceLock<Result<String, CudaError>> = OnceLock::new();
-    let cell = if source.name == GRPO_LOSS.name {
-        &LOSS
-    } else {
-        &ADV
-    };
-    cell.get_or_init(|| compile_kernel(source).map(|k| k.ptx))
-        .as_ref()
-        .map(String::as_str)
-        .map_err(Clone::clone)
+    let cell = if source.name == GRPO_LOSS.name { &LOSS } else { &ADV };
+    cell.get_or_init(|| compile_kernel(source).map(|k| k.ptx)).as_ref().map(String::as_str).map_err(Clone::clone)
 }
 
 /// A CUDA context on one GPU with both kernel modules loaded.
@@ -246,9 +227,7 @@ impl GpuContext {
     /// ```
     pub fn new(ordinal: usize) -> Result<Self, CudaError> {
         if !driver_available() {
-            return Err(CudaError::NoDevice(
-                "the CUDA driver library libcuda.so.1 could not be loaded".into(),
-            ));
+            return Err(CudaError::NoDevice("the CUDA driver library libcuda.so.1 could not be loaded".into()));
         }
         // cudarc may panic inside the driver loader on exotic failures; keep the promise of
         // a typed error.
@@ -258,12 +237,7 @@ impl GpuContext {
         let stream = ctx.default_stream();
         let loss = ctx.load_module(Ptx::from_src(cached_ptx(&GRPO_LOSS)?))?;
         let advantages = ctx.load_module(Ptx::from_src(cached_ptx(&ADVANTAGES)?))?;
-        Ok(Self {
-            ctx,
-            stream,
-            loss,
-            advantages,
-        })
+        Ok(Self { ctx, stream, loss, advantages })
     }
 
     /// The device's name as the driver reports it.
@@ -274,9 +248,7 @@ impl GpuContext {
     /// # Ok::<(), g2po::cuda::CudaError>(())
     /// ```
     pub fn device_name(&self) -> String {
-        self.ctx
-            .name()
-            .unwrap_or_else(|e| format!("unknown ({e:?})"))
+        self.ctx.name().unwrap_or_else(|e| format!("unknown ({e:?})"))
     }
 
     /// The stream every launch of this context uses.
