@@ -162,5 +162,11 @@ fn benches(c: &mut Criterion) {
     }
 }
 
-criterion_group!(loss, benches);
+criterion_group! {
+    name = loss;
+    // No plots: they need system fonts, which build machines and CI images may lack
+    // (criterion then panics with FontUnavailable); the numbers are what matters here.
+    config = Criterion::default().without_plots();
+    targets = benches
+}
 criterion_main!(loss);
