@@ -325,21 +325,23 @@ impl Advantages {
         self.advantage.is_empty()
     }
 
-    fn zeros(kind: EstimatorKind, n: usize) -> Self {
-        let f = |on: bool| if on { vec![0f32; n] } else { Vec::new() };
-        let i = |on: bool| if on { vec![0i32; n] } else { Vec::new() };
+    /// Shapes every column for `n` rows of `kind`, reusing capacity. Stale
+    /// values are left in place: the estimators overwrite every entry of the
+    /// columns they produce, and the others are emptied.
+    fn reshape(&mut self, kind: EstimatorKind, n: usize) {
         let (gigpo, g2po) = (kind == EstimatorKind::Gigpo, kind == EstimatorKind::G2po);
-        Self {
-            advantage: f(true),
-            episode: f(true),
-            step: f(gigpo || g2po),
-            node_centric: f(g2po),
-            edge_centric: f(g2po),
-            step_return: f(gigpo),
-            node: i(gigpo || g2po),
-            next_node: i(g2po),
-            node_value: f(g2po),
+        fn shape<T: Copy + Default>(col: &mut Vec<T>, on: bool, n: usize) {
+            if on { col.resize(n, T::default()) } else { col.clear() }
         }
+        shape(&mut self.advantage, true, n);
+        shape(&mut self.episode, true, n);
+        shape(&mut self.step, gigpo || g2po, n);
+        shape(&mut self.node_centric, g2po, n);
+        shape(&mut self.edge_centric, g2po, n);
+        shape(&mut self.step_return, gigpo, n);
+        shape(&mut self.node, gigpo || g2po, n);
+        shape(&mut self.next_node, g2po, n);
+        shape(&mut self.node_value, g2po, n);
     }
 
     fn blocks(&mut self, offsets: &[usize]) -> Vec<Block<'_>> {
@@ -439,8 +441,17 @@ impl<'a> Block<'a> {
 pub trait AdvantageEstimator: Send + Sync {
     /// Short name ("grpo", "gigpo", "g2po", ...).
     fn name(&self) -> &str;
-    /// Per-row advantages of a batch.
-    fn estimate(&self, batch: &RolloutBatch) -> Result<Advantages>;
+    /// Per-row advantages of a batch, written into `out`, whose buffers are
+    /// reused: a trainer that keeps one `Advantages` allocates nothing per
+    /// step once the buffers have grown. On error `out` is unspecified.
+    fn estimate_into(&self, batch: &RolloutBatch, out: &mut Advantages) -> Result<()>;
+
+    /// Per-row advantages of a batch, in new buffers.
+    fn estimate(&self, batch: &RolloutBatch) -> Result<Advantages> {
+        let mut out = Advantages::default();
+        self.estimate_into(batch, &mut out)?;
+        Ok(out)
+    }
 }
 
 /// The built-in estimators, chosen by [`EstimatorConfig::kind`].
@@ -515,7 +526,7 @@ impl AdvantageEstimator for Estimator {
         }
     }
 
-    fn estimate(&self, batch: &RolloutBatch) -> Result<Advantages> {
+    fn estimate_into(&self, batch: &RolloutBatch, out: &mut Advantages) -> Result<()> {
         let cfg = &self.config;
         let uses_states = cfg.kind != EstimatorKind::Grpo;
         let similarity = match cfg.grouping {
@@ -532,13 +543,13 @@ impl AdvantageEstimator for Estimator {
         let row_pos = (!batch.groups_contiguous()).then(|| positions_in_group(batch));
         let ctx = GroupContext { batch, cfg, keys: &keys, similarity, keyer: &self.keyer, row_pos: row_pos.as_deref() };
 
-        let mut out = Advantages::zeros(cfg.kind, batch.len());
+        out.reshape(cfg.kind, batch.len());
         let offsets = batch.group_offsets();
         let blocks = out.blocks(offsets);
         let node_counts: Vec<u32> = blocks
             .into_par_iter()
             .enumerate()
-            .map_init(Scratch::default, |scratch, (group, mut block)| ctx.process(group, &mut block, scratch))
+            .map(|(group, mut block)| SCRATCH.with_borrow_mut(|scratch| ctx.process(group, &mut block, scratch)))
             .collect();
 
         if cfg.kind == EstimatorKind::Gigpo {
@@ -547,7 +558,7 @@ impl AdvantageEstimator for Estimator {
         if !batch.groups_contiguous() {
             out.scatter_to_rows(batch.rows_by_group());
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -590,8 +601,13 @@ fn renumber_step_groups_batch_wide(
     }
 }
 
-/// Per-thread buffers, reused across the groups a worker processes so the
-/// per-group work allocates nothing once they have grown.
+thread_local! {
+    /// Each worker thread keeps its buffers across groups and across calls,
+    /// so steady-state estimation allocates nothing per group.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Per-thread buffers (see [`SCRATCH`]).
 #[derive(Default)]
 struct Scratch {
     node_of_key: AHashMap<u64, u32>,
@@ -602,6 +618,8 @@ struct Scratch {
     traj_rewards: Vec<f64>,
     /// gamma^k for k = 0, 1, ...; grown on demand (gamma is fixed per estimate).
     gamma_pow: Vec<f64>,
+    /// The gamma `gamma_pow` was built for (scratch outlives one estimate).
+    gamma_pow_base: f64,
 }
 
 /// Per-node count, sum, mean and unbiased std of a per-row quantity.
@@ -790,8 +808,10 @@ impl GroupContext<'_> {
         let b = self.batch;
         let cfg = self.cfg;
         let gamma_pow = &mut s.gamma_pow;
-        if gamma_pow.is_empty() {
+        if gamma_pow.is_empty() || s.gamma_pow_base.to_bits() != cfg.gamma.to_bits() {
+            gamma_pow.clear();
             gamma_pow.push(1.0);
+            s.gamma_pow_base = cfg.gamma;
         }
         for &r in rows {
             let traj = b.trajectories()[r as usize] as usize;
