@@ -543,3 +543,56 @@ fn gigpo_on_interleaved_groups() {
     assert_all_close(&adv.step_return, &[9.5, 9.5, 10.0, 10.0, 0.0], "returns");
     assert_all_close(&adv.step, &[4.75, 0.0, 0.0, 0.0, -4.75], "step");
 }
+
+/// `estimate_into` reuses buffers without leaking stale values: every
+/// combination of estimator and batch size, run in sequence into one
+/// `Advantages`, equals a fresh `estimate`.
+#[test]
+fn estimate_into_reuses_buffers_without_stale_values() {
+    use g2po::{AdvantageEstimator, Anchor, Estimator, EstimatorConfig, EstimatorKind, RolloutBatch, Step};
+    let batch_of = |trajs: usize, len: usize| {
+        let mut b = RolloutBatch::builder();
+        let names = ["a", "b", "c", "d"];
+        for t in 0..trajs {
+            let reward = if t % 2 == 0 { 10.0 } else { 0.0 };
+            let steps = (0..len).map(|i| Step {
+                anchor: Anchor::Text(names[(i + t) % names.len()]),
+                reward: if i + 1 == len { reward } else { 0.0 },
+                valid: i % 3 != 1,
+                response_len: 2,
+            });
+            b.push_trajectory(&format!("g{}", t % 2), &t.to_string(), reward, steps).unwrap();
+        }
+        b.build().unwrap()
+    };
+    let batches = [batch_of(6, 7), batch_of(3, 2), batch_of(8, 9)];
+    let kinds = [EstimatorKind::G2po, EstimatorKind::Grpo, EstimatorKind::Gigpo, EstimatorKind::G2po];
+    let mut reused = g2po::Advantages::default();
+    for batch in &batches {
+        for kind in kinds {
+            let estimator = Estimator::new(EstimatorConfig::new(kind)).unwrap();
+            estimator.estimate_into(batch, &mut reused).unwrap();
+            assert_eq!(reused, estimator.estimate(batch).unwrap(), "{kind} on {} rows", batch.len());
+        }
+    }
+}
+
+/// The per-thread scratch outlives a call: a later call with another gamma
+/// must not reuse powers of the earlier gamma.
+#[test]
+fn gamma_change_between_calls_is_respected() {
+    use g2po::{AdvantageEstimator, Anchor, Estimator, EstimatorConfig, EstimatorKind, RolloutBatch, Step};
+    let mut b = RolloutBatch::builder();
+    let steps = ["x", "y", "z"].map(|s| Step { anchor: Anchor::Text(s), reward: 0.0, valid: true, response_len: 1 });
+    b.push_trajectory("g", "t", 10.0, steps).unwrap();
+    let batch = b.build().unwrap();
+    for gamma in [0.95, 0.5, 0.95, 0.1] {
+        let cfg = EstimatorConfig { gamma, ..EstimatorConfig::new(EstimatorKind::G2po) };
+        let adv = Estimator::new(cfg).unwrap().estimate(&batch).unwrap();
+        // Single visits: V = gamma^(T - t) * R with T = 3.
+        for (t, v) in adv.node_value.iter().enumerate() {
+            let want = gamma.powi(3 - t as i32) * 10.0;
+            assert!((*v as f64 - want).abs() < 1e-5, "gamma {gamma}, step {t}: {v} vs {want}");
+        }
+    }
+}
