@@ -16,13 +16,13 @@
 //! the exact finite-horizon advantages of the sampling policy on the tabular
 //! environments; [`ablation`] runs the GRPO / GiGPO / G2PO comparison.
 
-//ABL pub mod ablation;
+pub mod ablation;
 pub mod config;
 pub mod rollouts;
 pub mod trainer;
 pub mod truth;
 
-//ABL pub use ablation::{AblationConfig, AblationReport, AblationSetting, run_ablation};
+pub use ablation::{AblationConfig, AblationReport, AblationSetting, run_ablation};
 pub use config::{TrainConfig, TrainError};
 pub use rollouts::{CollectedRow, Rollout, RolloutSet, collect_rollouts, rollout_seed};
 pub use trainer::{IterationLog, Trainer, evaluate};
