@@ -18,6 +18,7 @@ fn tiny_ablation_writes_every_artefact() {
             iterations: 3,
             tasks_per_iter: 1,
             eval_tasks: 1,
+            temperature: 1.0,
         },
         AblationSetting {
             name: "low".into(),
@@ -27,6 +28,7 @@ fn tiny_ablation_writes_every_artefact() {
             iterations: 2,
             tasks_per_iter: 1,
             eval_tasks: 1,
+            temperature: 1.0,
         },
     ];
     cfg.estimators = vec![EstimatorKind::Grpo, EstimatorKind::G2po];

@@ -37,7 +37,9 @@ fn g2po_learns_the_chain() {
 fn runs_are_reproducible() {
     let cfg = TrainConfig { iterations: 3, ..chain_config(EstimatorKind::Gigpo, 9) };
     let strip = |v: Vec<g2po::train::IterationLog>| -> Vec<_> {
-        v.into_iter().map(|l| (l.train_success, l.mean_length, l.update.policy_loss, l.truth.map(|t| t.pearson))).collect()
+        v.into_iter()
+            .map(|l| (l.train_success, l.mean_length, l.update.policy_loss, l.truth.map(|t| t.pearson)))
+            .collect()
     };
     let a = strip(Trainer::new(cfg.clone()).unwrap().run(|_| {}).unwrap());
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();

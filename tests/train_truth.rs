@@ -39,7 +39,7 @@ fn tilted_robot_policy(table: &TruthTable) -> Policy {
 fn errors(env: EnvKind, horizon: usize, batches: u64) -> Vec<(EstimatorKind, f64, f64)> {
     let table = TruthTable::new(env).unwrap();
     let policy = tilted_robot_policy(&table);
-    let gt = table.solve(&table.policy_probs(&policy).unwrap(), horizon).unwrap();
+    let gt = table.solve(&table.policy_probs(&policy, 1.0).unwrap(), horizon).unwrap();
     let kinds = [EstimatorKind::Grpo, EstimatorKind::Gigpo, EstimatorKind::G2po];
     let mut sums = vec![(0.0, 0.0); kinds.len()];
     for b in 0..batches {
@@ -75,7 +75,7 @@ fn g2po_tracks_true_advantages_better_than_grpo_on_the_lost_robot() {
 fn g2po_node_values_converge_to_the_true_mixture_on_the_chain() {
     let policy = small_policy(2);
     let table = TruthTable::new(EnvKind::Chain).unwrap();
-    let probs = table.policy_probs(&policy).unwrap();
+    let probs = table.policy_probs(&policy, 1.0).unwrap();
     let horizon = 10;
     let expected = table.expected_node_values(&probs, horizon).unwrap();
     let set = collect_rollouts(&policy, EnvKind::Chain, &[0], 1000, horizon, 1.0, 4, 0).unwrap();

@@ -55,6 +55,9 @@ struct TrainArgs {
     /// Evaluation turn cap (default: the current curriculum cap).
     #[arg(long)]
     eval_horizon: Option<usize>,
+    /// Rollout sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
     /// Learning rate.
     #[arg(long, default_value_t = 1e-2)]
     lr: f64,
@@ -306,6 +309,7 @@ fn train(args: &TrainArgs) -> Result<bool, TrainError> {
         rollouts_per_task: args.rollouts,
         eval_tasks: args.eval_tasks,
         eval_horizon: args.eval_horizon,
+        temperature: args.temperature,
         learner: g2po::learner::LearnerConfig { lr: args.lr, ..TrainConfig::default().learner },
         seed: args.seed,
         anchor_from_key: args.anchor_from_key,

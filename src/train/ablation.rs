@@ -48,6 +48,8 @@ pub struct AblationSetting {
     pub tasks_per_iter: usize,
     /// Held-out evaluation tasks.
     pub eval_tasks: usize,
+    /// Rollout sampling temperature (see [`TrainConfig::temperature`]).
+    pub temperature: f64,
 }
 
 /// The whole ablation.
@@ -67,8 +69,12 @@ pub struct AblationConfig {
 
 impl AblationConfig {
     /// The standard ablation: lost robot at a fixed long horizon (30) and with
-    /// the stepwise curriculum 12 -> 20 -> 30, household, low-overlap; GRPO,
-    /// GiGPO and G2PO. `quick` shrinks every run (for smoke tests).
+    /// the stepwise curriculum 12 -> 20 -> 30 (both at temperature 1: its
+    /// one-word moves have no length bias), household (cap 40, temperature
+    /// 10) and low-overlap (cap 30, temperature 6), the temperatures chosen so
+    /// that an untrained policy explores the multi-word commands; 30
+    /// iterations of 4 tasks x 8 rollouts; GRPO, GiGPO and G2PO. `quick`
+    /// shrinks every run (for smoke tests).
     ///
     /// ```
     /// let c = g2po::train::AblationConfig::standard("results/ablation".into(), 5, false);
@@ -76,9 +82,9 @@ impl AblationConfig {
     /// assert_eq!(c.estimators.len(), 3);
     /// ```
     pub fn standard(out: PathBuf, seeds: usize, quick: bool) -> Self {
-        let iters: usize = if quick { 6 } else { 60 };
+        let iters: usize = if quick { 6 } else { 30 };
         let stage = iters.div_ceil(3);
-        let setting = |name: &str, env, curriculum, eval_horizon| AblationSetting {
+        let setting = |name: &str, env, curriculum, eval_horizon, temperature| AblationSetting {
             name: name.to_string(),
             env,
             curriculum,
@@ -86,20 +92,22 @@ impl AblationConfig {
             iterations: iters,
             tasks_per_iter: if quick { 2 } else { 4 },
             eval_tasks: if quick { 2 } else { 8 },
+            temperature,
         };
         Self {
             out,
             seeds,
             settings: vec![
-                setting("lost-robot-fixed30", EnvKind::LostRobot, Curriculum::Fixed(30), 30),
+                setting("lost-robot-fixed30", EnvKind::LostRobot, Curriculum::Fixed(30), 30, 1.0),
                 setting(
                     "lost-robot-curriculum",
                     EnvKind::LostRobot,
                     Curriculum::Stepwise { caps: vec![12, 20, 30], stage_len: stage },
                     30,
+                    1.0,
                 ),
-                setting("household", EnvKind::Household, Curriculum::Fixed(30), 30),
-                setting("low-overlap", EnvKind::LowOverlap, Curriculum::Fixed(30), 30),
+                setting("household", EnvKind::Household, Curriculum::Fixed(40), 40, 10.0),
+                setting("low-overlap", EnvKind::LowOverlap, Curriculum::Fixed(30), 30, 6.0),
             ],
             estimators: vec![EstimatorKind::Grpo, EstimatorKind::Gigpo, EstimatorKind::G2po],
             base: TrainConfig::default(),
@@ -137,6 +145,7 @@ impl AblationConfig {
             eval_tasks: s.eval_tasks,
             eval_every: 1,
             eval_horizon: Some(s.eval_horizon),
+            temperature: s.temperature,
             seed,
             ..self.base.clone()
         }
@@ -168,6 +177,12 @@ impl RunResult {
         mean(tail)
     }
 
+    /// Mean training success over the last [`FINAL_WINDOW`] iterations.
+    pub fn final_train_success(&self) -> f64 {
+        let t: Vec<f64> = self.logs.iter().map(|l| l.train_success).collect();
+        mean(&t[t.len().saturating_sub(FINAL_WINDOW)..])
+    }
+
     /// Mean evaluation success over the run (normalised area under the curve).
     pub fn auc(&self) -> f64 {
         mean(&self.evals())
@@ -193,6 +208,10 @@ pub struct SummaryRow {
     pub final_mean: f64,
     /// Half-width of its 95% t-interval.
     pub final_ci: f64,
+    /// Final training success (last iterations, sampling), mean over seeds.
+    pub train_mean: f64,
+    /// Half-width of its 95% t-interval.
+    pub train_ci: f64,
     /// AUC, mean over seeds.
     pub auc_mean: f64,
     /// Half-width of its 95% t-interval.
@@ -252,7 +271,10 @@ pub fn mean_ci(x: &[f64]) -> (f64, f64) {
 /// let report = g2po::train::run_ablation(&cfg, |done, total| eprintln!("{done}/{total}")).unwrap();
 /// println!("{:.0} s", report.wall_s);
 /// ```
-pub fn run_ablation(cfg: &AblationConfig, progress: impl Fn(usize, usize) + Sync) -> Result<AblationReport, TrainError> {
+pub fn run_ablation(
+    cfg: &AblationConfig,
+    progress: impl Fn(usize, usize) + Sync,
+) -> Result<AblationReport, TrainError> {
     cfg.validate()?;
     let started = Instant::now();
     let mut jobs = Vec::new();
@@ -293,6 +315,8 @@ fn summarise(cfg: &AblationConfig, runs: &[RunResult]) -> Vec<SummaryRow> {
         for &e in &cfg.estimators {
             let mine: Vec<&RunResult> = runs.iter().filter(|r| r.setting == s.name && r.estimator == e).collect();
             let (final_mean, final_ci) = mean_ci(&mine.iter().map(|r| r.final_success()).collect::<Vec<_>>());
+            let (train_mean, train_ci) =
+                mean_ci(&mine.iter().map(|r| r.final_train_success()).collect::<Vec<_>>());
             let (auc_mean, auc_ci) = mean_ci(&mine.iter().map(|r| r.auc()).collect::<Vec<_>>());
             let truth: Vec<f64> = mine.iter().filter_map(|r| r.truth_pearson()).collect();
             rows.push(SummaryRow {
@@ -301,6 +325,8 @@ fn summarise(cfg: &AblationConfig, runs: &[RunResult]) -> Vec<SummaryRow> {
                 n: mine.len(),
                 final_mean,
                 final_ci,
+                train_mean,
+                train_ci,
                 auc_mean,
                 auc_ci,
                 truth_pearson: (!truth.is_empty()).then(|| mean(&truth)),
@@ -353,6 +379,7 @@ fn write_summary(cfg: &AblationConfig, rows: &[SummaryRow], wall_s: f64) -> Resu
     let _ = writeln!(
         s,
         "{} seeds per cell; final = mean greedy eval success over the last {FINAL_WINDOW} evaluations; \
+         final train = mean sampling success of the last {FINAL_WINDOW} iterations' rollouts; \
          AUC = mean eval success over all iterations; ± = 95% Student-t half-width over seeds; \
          truth corr = mean Pearson correlation of the estimator's advantages with the exact ones \
          (tabular envs only). Runs took {wall_s:.0} s of wall time.\n",
@@ -361,19 +388,29 @@ fn write_summary(cfg: &AblationConfig, rows: &[SummaryRow], wall_s: f64) -> Resu
     for st in &cfg.settings {
         let _ = writeln!(
             s,
-            "- `{}`: env {}, horizon schedule `{}`, eval horizon {}, {} iterations x {} tasks x {} rollouts, {} eval tasks",
-            st.name, st.env, st.curriculum, st.eval_horizon, st.iterations, st.tasks_per_iter, cfg.base.rollouts_per_task, st.eval_tasks
+            "- `{}`: env {}, horizon schedule `{}`, eval horizon {}, {} iterations x {} tasks x {} rollouts, {} eval tasks, temperature {}",
+            st.name,
+            st.env,
+            st.curriculum,
+            st.eval_horizon,
+            st.iterations,
+            st.tasks_per_iter,
+            cfg.base.rollouts_per_task,
+            st.eval_tasks,
+            st.temperature
         );
     }
-    s.push_str("\n| setting | estimator | final success | AUC | truth corr |\n|---|---|---|---|---|\n");
+    s.push_str("\n| setting | estimator | final eval success | final train success | eval AUC | truth corr |\n|---|---|---|---|---|---|\n");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.3} ± {:.3} | {:.3} ± {:.3} | {} |",
+            "| {} | {} | {:.3} ± {:.3} | {:.3} ± {:.3} | {:.3} ± {:.3} | {} |",
             r.setting,
             r.estimator,
             r.final_mean,
             r.final_ci,
+            r.train_mean,
+            r.train_ci,
             r.auc_mean,
             r.auc_ci,
             r.truth_pearson.map_or_else(|| "–".to_string(), |v| format!("{v:.3}"))
@@ -438,7 +475,10 @@ fn draw_panels(
     root.fill(&WHITE).map_err(|e| perr(&e))?;
     let panels = root.split_evenly((1, 2));
     for (panel, (title, pick)) in panels.iter().zip([
-        ("eval success (greedy, eval horizon)", (|l: &IterationLog| l.eval_success) as fn(&IterationLog) -> Option<f64>),
+        (
+            "eval success (greedy, eval horizon)",
+            (|l: &IterationLog| l.eval_success) as fn(&IterationLog) -> Option<f64>,
+        ),
         ("train success (current cap)", |l: &IterationLog| Some(l.train_success)),
     ]) {
         let mut b = ChartBuilder::on(panel);
@@ -462,9 +502,9 @@ fn draw_panels(
                 .collect();
             let series = chart.draw_series(LineSeries::new(pts, colour(e).stroke_width(2))).map_err(|e| perr(&e))?;
             if font {
-                series.label(e.to_string()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], colour(e).stroke_width(2))
-                });
+                series
+                    .label(e.to_string())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour(e).stroke_width(2)));
             }
         }
         if font {

@@ -77,6 +77,13 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Turn cap of the evaluation (`None`: the current curriculum cap).
     pub eval_horizon: Option<usize>,
+    /// Sampling temperature of the training rollouts (the ground truth uses
+    /// the same). The policy scores an action by the sum of its token
+    /// log-probabilities, so at temperature 1 an untrained policy all but
+    /// never picks a long command (each extra token costs about `ln(vocab)`
+    /// nats); a higher temperature restores exploration, like sampling an
+    /// LLM at temperature. Evaluation is always greedy.
+    pub temperature: f64,
     /// Sizes of the policy.
     pub policy: PolicyConfig,
     /// The learner (loss, optimiser); a KL term in its loss makes the trainer
@@ -105,6 +112,7 @@ impl Default for TrainConfig {
             eval_tasks: 8,
             eval_every: 1,
             eval_horizon: None,
+            temperature: 1.0,
             policy: PolicyConfig { vocab: 512, hidden: 32, ..PolicyConfig::default() },
             learner: LearnerConfig { lr: 1e-2, ..LearnerConfig::default() },
             seed: 0,
@@ -131,6 +139,9 @@ impl TrainConfig {
         }
         if self.eval_every == 0 {
             return bad("eval_every must be positive");
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad("temperature must be finite and > 0");
         }
         if self.eval_horizon == Some(0) {
             return bad("eval_horizon must be positive");

@@ -138,22 +138,21 @@ impl Trainer {
         let cfg = &self.cfg;
         let horizon = cfg.curriculum.horizon(iteration as u64);
         // Training tasks lie below EVAL_SEED_BASE, so they never meet the held-out ones.
-        let tasks: Vec<u64> =
-            (0..cfg.tasks_per_iter).map(|_| self.task_rng.random_range(0..EVAL_SEED_BASE)).collect();
+        let tasks: Vec<u64> = (0..cfg.tasks_per_iter).map(|_| self.task_rng.random_range(0..EVAL_SEED_BASE)).collect();
         let set = collect_rollouts(
             &self.policy,
             cfg.env,
             &tasks,
             cfg.rollouts_per_task,
             horizon,
-            1.0,
+            cfg.temperature,
             cfg.seed,
             iteration as u64,
         )?;
         let batch = set.batch(cfg.anchor_from_key)?;
         let adv = self.estimator.estimate(&batch)?;
         let truth = match &self.truth {
-            Some(table) if adv.advantage.len() >= 2 => Some(truth_score(table, &self.policy, &set, &adv.advantage)?),
+            Some(table) if adv.advantage.len() >= 2 => Some(truth_score(table, &self.policy, cfg.temperature, &set, &adv.advantage)?),
             _ => None,
         };
         let update = UpdateBatch {
@@ -169,7 +168,7 @@ impl Trainer {
                 .collect(),
         };
         let stats = self.learner.update(&self.policy, self.reference.as_ref(), &update)?;
-        let eval_success = if cfg.eval_tasks > 0 && (iteration % cfg.eval_every == 0 || iteration == cfg.iterations) {
+        let eval_success = if cfg.eval_tasks > 0 && (iteration.is_multiple_of(cfg.eval_every) || iteration == cfg.iterations) {
             let h = cfg.eval_horizon.unwrap_or(horizon);
             Some(evaluate(&self.policy, cfg.env, &self.eval_tasks(), h)?)
         } else {
@@ -209,9 +208,15 @@ impl Trainer {
 }
 
 /// Scores `advantages` (batch order of `set`) against the exact advantages of
-/// `policy` at the set's horizon cap.
-fn truth_score(table: &TruthTable, policy: &Policy, set: &RolloutSet, advantages: &[f32]) -> Result<TruthScore, TrainError> {
-    let probs = table.policy_probs(policy)?;
+/// `policy` (sampling at `temperature`) at the set's horizon cap.
+fn truth_score(
+    table: &TruthTable,
+    policy: &Policy,
+    temperature: f64,
+    set: &RolloutSet,
+    advantages: &[f32],
+) -> Result<TruthScore, TrainError> {
+    let probs = table.policy_probs(policy, temperature)?;
     let gt = table.solve(&probs, set.horizon)?;
     let truth = table.true_advantages(&gt, set.rows())?;
     score_advantages(advantages, &truth)

@@ -120,7 +120,7 @@ impl TruthTable {
         self.observations.get(&key).map(|(t, _)| t.as_str())
     }
 
-    /// The policy's action probabilities (temperature 1) per state index, in
+    /// The policy's action probabilities at `temperature` per state index, in
     /// the order of `Tabular::actions`; unreachable and goal states get
     /// uniform probabilities (the solver never uses them).
     ///
@@ -128,10 +128,10 @@ impl TruthTable {
     /// use g2po::policy::{Policy, PolicyConfig};
     /// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 0).unwrap();
     /// let t = g2po::train::TruthTable::new(g2po_envs::EnvKind::Chain).unwrap();
-    /// let probs = t.policy_probs(&p).unwrap();
+    /// let probs = t.policy_probs(&p, 1.0).unwrap();
     /// assert!(probs.iter().all(|row| (row.iter().sum::<f64>() - 1.0).abs() < 1e-9));
     /// ```
-    pub fn policy_probs(&self, policy: &Policy) -> Result<Vec<Vec<f64>>, TrainError> {
+    pub fn policy_probs(&self, policy: &Policy, temperature: f64) -> Result<Vec<Vec<f64>>, TrainError> {
         (0..self.tabular.num_states())
             .map(|s| {
                 let actions = self.tabular.actions(s);
@@ -143,7 +143,7 @@ impl TruthTable {
                 if self.tabular.is_goal(s) {
                     return Ok(uniform);
                 }
-                let p = policy.action_probs(text, admissible, 1.0)?;
+                let p = policy.action_probs(text, admissible, temperature)?;
                 // Match by text: the env's admissible order need not be the table's.
                 actions
                     .iter()
@@ -229,9 +229,7 @@ impl TruthTable {
         gt: &GroundTruth,
         rows: impl IntoIterator<Item = &'a CollectedRow>,
     ) -> Result<Vec<f64>, TrainError> {
-        rows.into_iter()
-            .map(|r| Ok(gt.advantage(r.key, &r.action, r.turns_left)?))
-            .collect()
+        rows.into_iter().map(|r| Ok(gt.advantage(r.key, &r.action, r.turns_left)?)).collect()
     }
 }
 
