@@ -15,7 +15,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for row in &report.summary {
         println!(
             "{:<24} {:<6} final {:.3} ± {:.3}  train {:.3} ± {:.3}  auc {:.3} ± {:.3}",
-            row.setting, row.estimator, row.final_mean, row.final_ci, row.train_mean, row.train_ci, row.auc_mean, row.auc_ci
+            row.setting,
+            row.estimator,
+            row.final_mean,
+            row.final_ci,
+            row.train_mean,
+            row.train_ci,
+            row.auc_mean,
+            row.auc_ci
         );
     }
     eprintln!("{} runs in {:.0} s", report.runs.len(), report.wall_s);

@@ -46,3 +46,32 @@ fn runs_are_reproducible() {
     let b = strip(pool.install(|| Trainer::new(cfg).unwrap().run(|_| {}).unwrap()));
     assert_eq!(a, b);
 }
+
+#[test]
+fn bad_configs_are_typed_errors() {
+    use g2po::train::TrainError;
+    let base = chain_config(EstimatorKind::Grpo, 0);
+    for cfg in [
+        TrainConfig { temperature: 0.0, ..base.clone() },
+        TrainConfig { temperature: f64::NAN, ..base.clone() },
+        TrainConfig { tasks_per_iter: 0, ..base.clone() },
+        TrainConfig { eval_every: 0, ..base.clone() },
+        TrainConfig { eval_horizon: Some(0), ..base.clone() },
+    ] {
+        assert!(matches!(Trainer::new(cfg), Err(TrainError::BadConfig(_))));
+    }
+    let bad_curriculum = TrainConfig { curriculum: Curriculum::Fixed(0), ..base.clone() };
+    assert!(matches!(Trainer::new(bad_curriculum), Err(TrainError::Curriculum(_))));
+    let mut bad_learner = base;
+    bad_learner.learner.lr = -1.0;
+    assert!(matches!(Trainer::new(bad_learner), Err(TrainError::Learner(_))));
+}
+
+#[test]
+fn kl_reference_is_kept_when_the_loss_asks_for_it() {
+    let mut cfg = TrainConfig { iterations: 2, ..chain_config(EstimatorKind::G2po, 1) };
+    cfg.learner.loss.kl = Some((g2po::learner::KlEstimator::K3, 0.01));
+    let logs = Trainer::new(cfg).unwrap().run(|_| {}).unwrap();
+    // Without the frozen reference the learner would refuse a loss with a KL term.
+    assert!(logs[1].update.kl_ref.is_finite());
+}

@@ -315,8 +315,7 @@ fn summarise(cfg: &AblationConfig, runs: &[RunResult]) -> Vec<SummaryRow> {
         for &e in &cfg.estimators {
             let mine: Vec<&RunResult> = runs.iter().filter(|r| r.setting == s.name && r.estimator == e).collect();
             let (final_mean, final_ci) = mean_ci(&mine.iter().map(|r| r.final_success()).collect::<Vec<_>>());
-            let (train_mean, train_ci) =
-                mean_ci(&mine.iter().map(|r| r.final_train_success()).collect::<Vec<_>>());
+            let (train_mean, train_ci) = mean_ci(&mine.iter().map(|r| r.final_train_success()).collect::<Vec<_>>());
             let (auc_mean, auc_ci) = mean_ci(&mine.iter().map(|r| r.auc()).collect::<Vec<_>>());
             let truth: Vec<f64> = mine.iter().filter_map(|r| r.truth_pearson()).collect();
             rows.push(SummaryRow {

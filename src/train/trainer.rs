@@ -111,16 +111,32 @@ impl Trainer {
     }
 
     /// The configuration.
+    ///
+    /// ```
+    /// let t = g2po::train::Trainer::new(g2po::train::TrainConfig { seed: 4, ..Default::default() }).unwrap();
+    /// assert_eq!(t.config().seed, 4);
+    /// ```
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
     }
 
     /// The current policy.
+    ///
+    /// ```
+    /// let t = g2po::train::Trainer::new(g2po::train::TrainConfig::default()).unwrap();
+    /// assert_eq!(t.policy().config().vocab, 512);
+    /// ```
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
 
-    /// The held-out evaluation task seeds.
+    /// The held-out evaluation task seeds (`EVAL_SEED_BASE + j`, disjoint
+    /// from the training tasks, which are drawn below `EVAL_SEED_BASE`).
+    ///
+    /// ```
+    /// let t = g2po::train::Trainer::new(g2po::train::TrainConfig { eval_tasks: 3, ..Default::default() }).unwrap();
+    /// assert_eq!(t.eval_tasks().len(), 3);
+    /// ```
     pub fn eval_tasks(&self) -> Vec<u64> {
         (0..self.cfg.eval_tasks as u64).map(|j| EVAL_SEED_BASE + j).collect()
     }
@@ -152,7 +168,9 @@ impl Trainer {
         let batch = set.batch(cfg.anchor_from_key)?;
         let adv = self.estimator.estimate(&batch)?;
         let truth = match &self.truth {
-            Some(table) if adv.advantage.len() >= 2 => Some(truth_score(table, &self.policy, cfg.temperature, &set, &adv.advantage)?),
+            Some(table) if adv.advantage.len() >= 2 => {
+                Some(truth_score(table, &self.policy, cfg.temperature, &set, &adv.advantage)?)
+            }
             _ => None,
         };
         let update = UpdateBatch {
@@ -168,12 +186,13 @@ impl Trainer {
                 .collect(),
         };
         let stats = self.learner.update(&self.policy, self.reference.as_ref(), &update)?;
-        let eval_success = if cfg.eval_tasks > 0 && (iteration.is_multiple_of(cfg.eval_every) || iteration == cfg.iterations) {
-            let h = cfg.eval_horizon.unwrap_or(horizon);
-            Some(evaluate(&self.policy, cfg.env, &self.eval_tasks(), h)?)
-        } else {
-            None
-        };
+        let eval_success =
+            if cfg.eval_tasks > 0 && (iteration.is_multiple_of(cfg.eval_every) || iteration == cfg.iterations) {
+                let h = cfg.eval_horizon.unwrap_or(horizon);
+                Some(evaluate(&self.policy, cfg.env, &self.eval_tasks(), h)?)
+            } else {
+                None
+            };
         Ok(IterationLog {
             iteration,
             horizon,

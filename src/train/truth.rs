@@ -14,7 +14,8 @@
 //! Scale. Estimators standardise within groups, so their advantages live on a
 //! different scale from `A*`. [`TruthScore::mse`] therefore compares the two
 //! after standardising each to zero mean and unit variance over the batch
-//! (so `mse = 2 (1 - pearson)` up to the n/(n-1) factor); a constant column
+//! with the population standard deviation, so `mse = 2 (1 - pearson)`
+//! exactly: the two report one agreement on two familiar scales; a constant column
 //! (no signal) gets correlation 0 and MSE 2, the score of an uninformative
 //! guess.
 //!
