@@ -82,7 +82,7 @@ impl AblationConfig {
     /// assert_eq!(c.estimators.len(), 3);
     /// ```
     pub fn standard(out: PathBuf, seeds: usize, quick: bool) -> Self {
-        let iters: usize = if quick { 6 } else { 30 };
+        let iters: usize = if quick { 6 } else { 50 };
         let stage = iters.div_ceil(3);
         let setting = |name: &str, env, curriculum, eval_horizon, temperature| AblationSetting {
             name: name.to_string(),
@@ -98,13 +98,13 @@ impl AblationConfig {
             out,
             seeds,
             settings: vec![
-                setting("lost-robot-fixed30", EnvKind::LostRobot, Curriculum::Fixed(30), 30, 1.0),
+                setting("lost-robot-fixed30", EnvKind::LostRobot, Curriculum::Fixed(30), 30, 2.0),
                 setting(
                     "lost-robot-curriculum",
                     EnvKind::LostRobot,
-                    Curriculum::Stepwise { caps: vec![12, 20, 30], stage_len: stage },
+                    Curriculum::Stepwise { caps: vec![15, 22, 30], stage_len: stage },
                     30,
-                    1.0,
+                    2.0,
                 ),
                 setting("household", EnvKind::Household, Curriculum::Fixed(40), 40, 10.0),
                 setting("low-overlap", EnvKind::LowOverlap, Curriculum::Fixed(30), 30, 6.0),
