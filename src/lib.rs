@@ -38,6 +38,7 @@ pub mod keys;
 pub mod learner;
 pub mod policy;
 pub mod rollout;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use estimators::{

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use g2po::graph::StateGraph;
 use g2po::keys::StateKeyer;
+use g2po::train::{AblationConfig, TrainConfig, TrainError, Trainer, run_ablation};
 use g2po::{AdvantageEstimator, Estimator, EstimatorConfig, EstimatorKind, Grouping, Normalization, StatsOver};
 
 #[derive(Parser)]
@@ -22,6 +23,66 @@ enum Command {
     Advantages(AdvantagesArgs),
     /// Draw the state graph of one task group.
     Graph(GraphArgs),
+    /// Train the toy text policy on an environment with an estimator (one JSONL log line per iteration).
+    Train(TrainArgs),
+    /// Run the GRPO / GiGPO / G2PO ablation (runs.csv, summary.md, PNG curves).
+    Ablate(AblateArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Environment: chain, lost-robot, household or low-overlap.
+    #[arg(long, default_value = "household")]
+    env: g2po_envs::EnvKind,
+    /// Estimator: grpo, gigpo or g2po.
+    #[arg(long, value_parser = parse_kind, default_value = "g2po")]
+    estimator: EstimatorKind,
+    /// Horizon schedule: `fixed:H`, `stepwise:6,13,20@100` or `linear:...`.
+    #[arg(long, default_value = "fixed:30")]
+    curriculum: g2po::curriculum::Curriculum,
+    /// Iterations (one update each).
+    #[arg(long, default_value_t = 100)]
+    iterations: usize,
+    /// Task groups per iteration.
+    #[arg(long, default_value_t = 4)]
+    tasks: usize,
+    /// Rollouts per task (group size N).
+    #[arg(long, default_value_t = 8)]
+    rollouts: usize,
+    /// Held-out evaluation tasks (0 disables evaluation).
+    #[arg(long, default_value_t = 8)]
+    eval_tasks: usize,
+    /// Evaluation turn cap (default: the current curriculum cap).
+    #[arg(long)]
+    eval_horizon: Option<usize>,
+    /// Rollout sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-2)]
+    lr: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Anchor rows with the environment's exact state key instead of the text.
+    #[arg(long)]
+    anchor_from_key: bool,
+    /// JSONL log file (one line per iteration); none by default.
+    #[arg(long)]
+    log: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AblateArgs {
+    /// Output folder.
+    #[arg(long, default_value = "results/ablation")]
+    out: PathBuf,
+    /// Seeds per (setting, estimator).
+    #[arg(long, default_value_t = 5)]
+    seeds: usize,
+    /// Tiny runs (smoke test).
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(Args)]
@@ -238,11 +299,88 @@ fn graph(args: &GraphArgs) -> g2po::Result<bool> {
     Ok(true)
 }
 
+fn train(args: &TrainArgs) -> Result<bool, TrainError> {
+    let cfg = TrainConfig {
+        env: args.env,
+        estimator: args.estimator,
+        curriculum: args.curriculum.clone(),
+        iterations: args.iterations,
+        tasks_per_iter: args.tasks,
+        rollouts_per_task: args.rollouts,
+        eval_tasks: args.eval_tasks,
+        eval_horizon: args.eval_horizon,
+        temperature: args.temperature,
+        learner: g2po::learner::LearnerConfig { lr: args.lr, ..TrainConfig::default().learner },
+        seed: args.seed,
+        anchor_from_key: args.anchor_from_key,
+        ..TrainConfig::default()
+    };
+    let mut log = match &args.log {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|source| TrainError::Io { path: p.display().to_string(), source })?,
+        )),
+        None => None,
+    };
+    // indicatif hides the bar by itself when stderr is not a terminal.
+    let bar = indicatif::ProgressBar::new(cfg.iterations as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut write_err = None;
+    let logs = Trainer::new(cfg)?.run(|l| {
+        bar.inc(1);
+        bar.set_message(format!(
+            "h={} train={:.2} eval={} loss={:.4}",
+            l.horizon,
+            l.train_success,
+            l.eval_success.map_or_else(|| "-".into(), |e| format!("{e:.2}")),
+            l.update.policy_loss
+        ));
+        if let (Some(w), None) = (log.as_mut(), &write_err) {
+            let line = serde_json::to_string(l).expect("logs serialise");
+            if let Err(e) = writeln!(w, "{line}") {
+                write_err = Some(e);
+            }
+        }
+    })?;
+    bar.finish();
+    if let (Some(p), Some(source)) = (&args.log, write_err) {
+        return Err(TrainError::Io { path: p.display().to_string(), source });
+    }
+    if let (Some(p), Some(mut w)) = (&args.log, log) {
+        w.flush().map_err(|source| TrainError::Io { path: p.display().to_string(), source })?;
+    }
+    if let Some(last) = logs.last() {
+        eprintln!(
+            "final: train success {:.3}, eval success {}",
+            last.train_success,
+            last.eval_success.map_or_else(|| "-".into(), |e| format!("{e:.3}"))
+        );
+    }
+    Ok(true)
+}
+
+fn ablate(args: &AblateArgs) -> Result<bool, TrainError> {
+    let cfg = AblationConfig::standard(args.out.clone(), args.seeds, args.quick);
+    let total = cfg.settings.len() * cfg.estimators.len() * cfg.seeds;
+    let bar = indicatif::ProgressBar::new(total as u64);
+    let report = run_ablation(&cfg, |done, _| bar.set_position(done as u64))?;
+    bar.finish();
+    eprintln!("{} runs in {:.0} s", report.runs.len(), report.wall_s);
+    for f in &report.files {
+        println!("{}", f.display());
+    }
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Advantages(args) => advantages(args),
-        Command::Graph(args) => graph(args),
+        Command::Advantages(args) => advantages(args).map_err(|e| e.to_string()),
+        Command::Graph(args) => graph(args).map_err(|e| e.to_string()),
+        Command::Train(args) => train(args).map_err(|e| e.to_string()),
+        Command::Ablate(args) => ablate(args).map_err(|e| e.to_string()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -1,0 +1,40 @@
+//! `g2po train` writes one JSONL line per iteration; bad input is a clear error.
+
+use std::process::Command;
+
+#[test]
+fn train_writes_one_jsonl_line_per_iteration() {
+    let log = std::env::temp_dir().join(format!("g2po-train-cli-{}.jsonl", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_g2po"))
+        .args(["train", "--env", "chain", "--estimator", "gigpo", "--curriculum", "stepwise:4,6@1"])
+        .args(["--iterations", "3", "--tasks", "1", "--rollouts", "4", "--eval-tasks", "1", "--log"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    let horizons: Vec<u64> = lines.iter().map(|l| l["horizon"].as_u64().unwrap()).collect();
+    assert_eq!(horizons, vec![4, 6, 6]);
+    for l in &lines {
+        assert!(l["update"]["grad_norm"].as_f64().unwrap().is_finite());
+        assert!(l["truth"]["pearson"].is_number());
+        assert!(l["eval_success"].is_number());
+    }
+    std::fs::remove_file(log).ok();
+}
+
+#[test]
+fn train_rejects_bad_input_with_a_message() {
+    for args in [
+        vec!["train", "--env", "maze"],
+        vec!["train", "--curriculum", "zigzag:3"],
+        vec!["train", "--env", "chain", "--temperature", "0", "--iterations", "1"],
+        vec!["train", "--env", "chain", "--rollouts", "0", "--iterations", "1"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_g2po")).args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(!out.stderr.is_empty());
+    }
+}
