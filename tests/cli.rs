@@ -101,3 +101,17 @@ fn errors_are_reported_with_exit_code_2() {
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown group"));
 }
+
+#[test]
+fn train_on_cuda_without_the_feature_is_a_clear_error() {
+    let out = bin().args(["train", "--env", "chain", "--iterations", "1", "--device", "cuda"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A cuda build may have a GPU; this checks the default, CPU-only build.
+    if !cfg!(feature = "cuda") {
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("`cuda` feature"), "{stderr}");
+    }
+    let bad = bin().args(["train", "--device", "tpu"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown device"));
+}

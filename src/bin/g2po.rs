@@ -70,6 +70,10 @@ struct TrainArgs {
     /// JSONL log file (one line per iteration); none by default.
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Device for the policy, the reference policy and the optimizer: cpu, cuda or cuda:N
+    /// (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: g2po::train::DeviceSpec,
 }
 
 #[derive(Args)]
@@ -313,6 +317,7 @@ fn train(args: &TrainArgs) -> Result<bool, TrainError> {
         learner: g2po::learner::LearnerConfig { lr: args.lr, ..TrainConfig::default().learner },
         seed: args.seed,
         anchor_from_key: args.anchor_from_key,
+        device: args.device,
         ..TrainConfig::default()
     };
     let mut log = match &args.log {

@@ -343,16 +343,20 @@ impl Learner {
         let device = logp.device().clone();
         let loss_config = self.config.loss;
         let (loss, diag) = if self.config.fused {
-            let ref_host = match &reference_logp {
-                Some(t) => t.flatten_all()?.to_vec1::<f32>()?,
-                None => Vec::new(),
+            let host = |t: &Tensor| t.detach().flatten_all().and_then(|t| t.to_vec1::<f32>());
+            let ref_host = match (&reference_logp, device.is_cuda()) {
+                (Some(t), false) => host(t)?,
+                _ => Vec::new(),
             };
-            let ent_host = entropy.detach().flatten_all()?.to_vec1::<f32>()?;
+            let ent_host = if device.is_cuda() { Vec::new() } else { host(&entropy)? };
             // The op treats its other inputs as constants, so the entropy
             // bonus (which must train the entropy) is added outside it.
             let op_config = LossConfig { entropy_coef: 0.0, ..loss_config };
-            let op = FusedGrpoLoss::new(n, max_len, old, ref_host, adv, ent_host, mask.clone(), op_config)?;
-            let (mut loss, diag) = op.apply(&logp)?;
+            let (mut loss, diag) = if device.is_cuda() {
+                fused_on_cuda(&logp, &entropy, reference_logp.as_ref(), (n, max_len), (&old, &adv, &mask), op_config)?
+            } else {
+                FusedGrpoLoss::new(n, max_len, old, ref_host, adv, ent_host, mask.clone(), op_config)?.apply(&logp)?
+            };
             loss = loss.to_dtype(DType::F64)?;
             if loss_config.entropy_coef != 0.0 {
                 let mask_t = Tensor::from_vec(mask, (n, max_len), &device)?;
@@ -382,4 +386,44 @@ impl Learner {
         self.optimizer.step(&grads)?;
         Ok((diag, loss_value, norm))
     }
+}
+
+/// The fused loss on a CUDA device: the NVRTC kernel (`g2po::cuda`) wrapped as
+/// a candle op, so logits, loss and gradient never leave the GPU.
+#[cfg(feature = "cuda")]
+fn fused_on_cuda(
+    logp: &Tensor,
+    entropy: &Tensor,
+    reference_logp: Option<&Tensor>,
+    shape: (usize, usize),
+    (old, adv, mask): (&[f32], &[f32], &[f32]),
+    config: LossConfig,
+) -> Result<(Tensor, LossDiagnostics)> {
+    let device = logp.device();
+    let t = |v: &[f32]| Tensor::from_slice(v, shape, device);
+    let op = crate::cuda::FusedGrpoLoss::new(
+        t(old)?,
+        reference_logp.cloned(),
+        t(adv)?,
+        Some(entropy.detach()),
+        t(mask)?,
+        config,
+    )
+    .map_err(|e| LearnerError::BadInput(e.to_string()))?;
+    let loss = logp.apply_op1(op.clone())?;
+    let diagnostics = op.diagnostics().unwrap_or_default();
+    Ok((loss, diagnostics))
+}
+
+/// Without the `cuda` feature no tensor can live on a CUDA device.
+#[cfg(not(feature = "cuda"))]
+fn fused_on_cuda(
+    _: &Tensor,
+    _: &Tensor,
+    _: Option<&Tensor>,
+    _: (usize, usize),
+    _: (&[f32], &[f32], &[f32]),
+    _: LossConfig,
+) -> Result<(Tensor, LossDiagnostics)> {
+    Err(LearnerError::BadInput("a CUDA tensor in a build without the `cuda` feature".into()))
 }

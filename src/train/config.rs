@@ -1,5 +1,6 @@
 //! The training configuration and the training error type.
 
+use super::device::DeviceSpec;
 use g2po_envs::{EnvError, EnvKind};
 
 use crate::EstimatorKind;
@@ -42,6 +43,9 @@ pub enum TrainError {
     /// Drawing a plot failed.
     #[error("plotting failed: {0}")]
     Plot(String),
+    /// The requested device cannot be used (no `cuda` feature, no driver, no GPU).
+    #[error("device unavailable: {0}")]
+    Device(String),
 }
 
 /// A training run.
@@ -95,6 +99,8 @@ pub struct TrainConfig {
     pub anchor_from_key: bool,
     /// Score the estimator against the exact advantages on tabular environments each iteration.
     pub truth: bool,
+    /// Where the policy, reference and optimizer state live (default CPU).
+    pub device: DeviceSpec,
 }
 
 /// First seed of the held-out evaluation tasks (training tasks are drawn below it).
@@ -118,6 +124,7 @@ impl Default for TrainConfig {
             seed: 0,
             anchor_from_key: false,
             truth: true,
+            device: DeviceSpec::Cpu,
         }
     }
 }

@@ -18,12 +18,14 @@
 
 pub mod ablation;
 pub mod config;
+pub mod device;
 pub mod rollouts;
 pub mod trainer;
 pub mod truth;
 
 pub use ablation::{AblationConfig, AblationReport, AblationSetting, run_ablation};
 pub use config::{TrainConfig, TrainError};
+pub use device::DeviceSpec;
 pub use rollouts::{CollectedRow, Rollout, RolloutSet, collect_rollouts, rollout_seed};
 pub use trainer::{IterationLog, Trainer, evaluate};
 pub use truth::{TruthScore, TruthTable, score_advantages};

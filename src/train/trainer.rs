@@ -2,7 +2,6 @@
 
 use std::time::Instant;
 
-use candle_core::Device;
 use g2po_envs::{EnvKind, make_env_with_seed};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -96,7 +95,8 @@ impl Trainer {
     /// ```
     pub fn new(cfg: TrainConfig) -> Result<Self, TrainError> {
         cfg.validate()?;
-        let policy = Policy::new(&cfg.policy, &Device::Cpu, cfg.seed)?;
+        let device = cfg.device.open()?;
+        let policy = Policy::new(&cfg.policy, &device, cfg.seed)?;
         let reference = match cfg.learner.loss.kl {
             Some(_) => Some(policy.clone_frozen()?),
             None => None,
