@@ -19,6 +19,8 @@ fn tiny_ablation_writes_every_artefact() {
             tasks_per_iter: 1,
             eval_tasks: 1,
             temperature: 1.0,
+            task_pool: None,
+            eval_on_train_pool: false,
         },
         AblationSetting {
             name: "low".into(),
@@ -29,6 +31,8 @@ fn tiny_ablation_writes_every_artefact() {
             tasks_per_iter: 1,
             eval_tasks: 1,
             temperature: 1.0,
+            task_pool: None,
+            eval_on_train_pool: false,
         },
     ];
     cfg.estimators = vec![EstimatorKind::Grpo, EstimatorKind::G2po];

@@ -185,7 +185,7 @@ pub enum EnvError {
 
 /// The environments this crate provides, by name.
 ///
-/// Names: `chain`, `lost-robot`, `household`, `low-overlap`.
+/// Names: `chain`, `lost-robot`, `household`, `household-small`, `low-overlap`.
 ///
 /// ```
 /// use g2po_envs::EnvKind;
@@ -202,6 +202,8 @@ pub enum EnvKind {
     LostRobot,
     /// [`Household`].
     Household,
+    /// The smaller [`Household::small`] world (the estimator ablation's household setting).
+    HouseholdSmall,
     /// [`LowOverlap`].
     LowOverlap,
 }
@@ -210,9 +212,10 @@ impl EnvKind {
     /// All kinds, in a fixed order.
     ///
     /// ```
-    /// assert_eq!(g2po_envs::EnvKind::ALL.len(), 4);
+    /// assert_eq!(g2po_envs::EnvKind::ALL.len(), 5);
     /// ```
-    pub const ALL: [EnvKind; 4] = [EnvKind::Chain, EnvKind::LostRobot, EnvKind::Household, EnvKind::LowOverlap];
+    pub const ALL: [EnvKind; 5] =
+        [EnvKind::Chain, EnvKind::LostRobot, EnvKind::Household, EnvKind::HouseholdSmall, EnvKind::LowOverlap];
 
     /// The canonical name (what `Display` prints and `FromStr` accepts).
     ///
@@ -224,6 +227,7 @@ impl EnvKind {
             EnvKind::Chain => "chain",
             EnvKind::LostRobot => "lost-robot",
             EnvKind::Household => "household",
+            EnvKind::HouseholdSmall => "household-small",
             EnvKind::LowOverlap => "low-overlap",
         }
     }
@@ -245,6 +249,7 @@ impl FromStr for EnvKind {
 /// Builds an environment of `kind` with default sizes.
 ///
 /// Defaults: chain `n = 6`; the standard lost-robot map; household with 4 objects;
+/// household-small as [`Household::small`];
 /// low-overlap with noise seed 0. The low-overlap noise stream advances with every reset
 /// and step, so rollouts run one after another on one instance never repeat; several
 /// instances run side by side should get distinct seeds via [`make_env_with_seed`].
@@ -275,6 +280,7 @@ pub fn make_env_with_seed(kind: EnvKind, env_seed: u64) -> Box<dyn Environment> 
         EnvKind::Chain => Box::new(Chain::default()),
         EnvKind::LostRobot => Box::new(LostRobot::default()),
         EnvKind::Household => Box::new(Household::default()),
+        EnvKind::HouseholdSmall => Box::new(Household::small()),
         EnvKind::LowOverlap => Box::new(LowOverlap::with_seed(env_seed)),
     }
 }
@@ -291,7 +297,7 @@ pub fn make_tabular(kind: EnvKind) -> Option<Box<dyn Tabular>> {
     match kind {
         EnvKind::Chain => Some(Box::new(Chain::default())),
         EnvKind::LostRobot => Some(Box::new(LostRobot::default())),
-        EnvKind::Household | EnvKind::LowOverlap => None,
+        EnvKind::Household | EnvKind::HouseholdSmall | EnvKind::LowOverlap => None,
     }
 }
 

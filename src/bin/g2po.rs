@@ -31,7 +31,7 @@ enum Command {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Environment: chain, lost-robot, household or low-overlap.
+    /// Environment: chain, lost-robot, household, household-small or low-overlap.
     #[arg(long, default_value = "household")]
     env: g2po_envs::EnvKind,
     /// Estimator: grpo, gigpo or g2po.
@@ -67,6 +67,12 @@ struct TrainArgs {
     /// Anchor rows with the environment's exact state key instead of the text.
     #[arg(long)]
     anchor_from_key: bool,
+    /// Draw training tasks from the fixed pool of task seeds `0..N` (default: fresh seeds).
+    #[arg(long)]
+    task_pool: Option<u64>,
+    /// Evaluate on the first `--eval-tasks` seeds of the training pool instead of held-out ones.
+    #[arg(long)]
+    eval_on_train_pool: bool,
     /// JSONL log file (one line per iteration); none by default.
     #[arg(long)]
     log: Option<PathBuf>,
@@ -318,6 +324,8 @@ fn train(args: &TrainArgs) -> Result<bool, TrainError> {
         seed: args.seed,
         anchor_from_key: args.anchor_from_key,
         device: args.device,
+        task_pool: args.task_pool,
+        eval_on_train_pool: args.eval_on_train_pool,
         ..TrainConfig::default()
     };
     let mut log = match &args.log {

@@ -101,6 +101,19 @@ pub struct TrainConfig {
     pub truth: bool,
     /// Where the policy, reference and optimizer state live (default CPU).
     pub device: DeviceSpec,
+    /// `Some(p)`: training tasks are drawn (with replacement) from the fixed
+    /// pool of task seeds `0..p`, so the same tasks come back across
+    /// iterations, like a fixed training set (ALFWorld's); `None`: every task
+    /// is a fresh seed.
+    #[serde(default)]
+    pub task_pool: Option<u64>,
+    /// Evaluate on the first `eval_tasks` seeds of the training pool (needs
+    /// `task_pool` with at least `eval_tasks` seeds) instead of held-out
+    /// seeds: this measures how well the greedy policy solves the tasks it
+    /// trains on, for worlds where a small policy cannot generalise to new
+    /// layouts within the budget.
+    #[serde(default)]
+    pub eval_on_train_pool: bool,
 }
 
 /// First seed of the held-out evaluation tasks (training tasks are drawn below it).
@@ -125,6 +138,8 @@ impl Default for TrainConfig {
             anchor_from_key: false,
             truth: true,
             device: DeviceSpec::Cpu,
+            task_pool: None,
+            eval_on_train_pool: false,
         }
     }
 }
@@ -134,6 +149,8 @@ impl TrainConfig {
     ///
     /// ```
     /// let c = g2po::train::TrainConfig { iterations: 0, ..Default::default() };
+    /// assert!(c.validate().is_err());
+    /// let c = g2po::train::TrainConfig { eval_on_train_pool: true, task_pool: Some(4), eval_tasks: 8, ..Default::default() };
     /// assert!(c.validate().is_err());
     /// ```
     pub fn validate(&self) -> Result<(), TrainError> {
@@ -152,6 +169,17 @@ impl TrainConfig {
         }
         if self.eval_horizon == Some(0) {
             return bad("eval_horizon must be positive");
+        }
+        if self.task_pool == Some(0) {
+            return bad("task_pool must be positive");
+        }
+        if let Some(p) = self.task_pool
+            && p >= EVAL_SEED_BASE
+        {
+            return bad("task_pool must stay below EVAL_SEED_BASE");
+        }
+        if self.eval_on_train_pool && self.task_pool.is_none_or(|p| p < self.eval_tasks as u64) {
+            return bad("eval_on_train_pool needs a task_pool of at least eval_tasks seeds");
         }
         self.curriculum.validate()?;
         self.learner.validate()?;

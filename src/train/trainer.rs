@@ -130,15 +130,39 @@ impl Trainer {
         &self.policy
     }
 
-    /// The held-out evaluation task seeds (`EVAL_SEED_BASE + j`, disjoint
-    /// from the training tasks, which are drawn below `EVAL_SEED_BASE`).
+    /// The evaluation task seeds: held out (`EVAL_SEED_BASE + j`, disjoint
+    /// from the training tasks, which are drawn below `EVAL_SEED_BASE`), or,
+    /// with `eval_on_train_pool`, the first seeds `0..eval_tasks` of the
+    /// training pool.
     ///
     /// ```
-    /// let t = g2po::train::Trainer::new(g2po::train::TrainConfig { eval_tasks: 3, ..Default::default() }).unwrap();
+    /// use g2po::train::{TrainConfig, Trainer};
+    /// let t = Trainer::new(TrainConfig { eval_tasks: 3, ..Default::default() }).unwrap();
     /// assert_eq!(t.eval_tasks().len(), 3);
+    /// let cfg = TrainConfig { eval_tasks: 2, task_pool: Some(5), eval_on_train_pool: true, ..Default::default() };
+    /// assert_eq!(Trainer::new(cfg).unwrap().eval_tasks(), vec![0, 1]);
     /// ```
     pub fn eval_tasks(&self) -> Vec<u64> {
-        (0..self.cfg.eval_tasks as u64).map(|j| EVAL_SEED_BASE + j).collect()
+        let base = if self.cfg.eval_on_train_pool { 0 } else { EVAL_SEED_BASE };
+        (0..self.cfg.eval_tasks as u64).map(|j| base + j).collect()
+    }
+
+    /// Draws the next iteration's `tasks_per_iter` training task seeds from
+    /// the run's task stream (advancing it): uniform below `EVAL_SEED_BASE`,
+    /// so they never meet the held-out evaluation seeds, or, with
+    /// `task_pool = Some(p)`, uniform in the fixed pool `0..p`.
+    ///
+    /// ```
+    /// use g2po::train::{TrainConfig, Trainer};
+    /// let mut t = Trainer::new(TrainConfig { task_pool: Some(3), tasks_per_iter: 50, ..Default::default() }).unwrap();
+    /// let tasks = t.draw_tasks();
+    /// assert_eq!(tasks.len(), 50);
+    /// assert!(tasks.iter().all(|&s| s < 3));
+    /// assert_eq!(tasks.iter().collect::<std::collections::HashSet<_>>().len(), 3);
+    /// ```
+    pub fn draw_tasks(&mut self) -> Vec<u64> {
+        let top = self.cfg.task_pool.unwrap_or(EVAL_SEED_BASE);
+        (0..self.cfg.tasks_per_iter).map(|_| self.task_rng.random_range(0..top)).collect()
     }
 
     /// Runs one iteration (1-based `iteration`) and returns its log.
@@ -151,10 +175,9 @@ impl Trainer {
     /// assert!(log.truth.is_some()); // the chain is tabular
     /// ```
     pub fn step(&mut self, iteration: usize, started: Instant) -> Result<IterationLog, TrainError> {
+        let tasks = self.draw_tasks();
         let cfg = &self.cfg;
         let horizon = cfg.curriculum.horizon(iteration as u64);
-        // Training tasks lie below EVAL_SEED_BASE, so they never meet the held-out ones.
-        let tasks: Vec<u64> = (0..cfg.tasks_per_iter).map(|_| self.task_rng.random_range(0..EVAL_SEED_BASE)).collect();
         let set = collect_rollouts(
             &self.policy,
             cfg.env,
