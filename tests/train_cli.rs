@@ -32,9 +32,26 @@ fn train_rejects_bad_input_with_a_message() {
         vec!["train", "--curriculum", "zigzag:3"],
         vec!["train", "--env", "chain", "--temperature", "0", "--iterations", "1"],
         vec!["train", "--env", "chain", "--rollouts", "0", "--iterations", "1"],
+        vec!["train", "--env", "household-small", "--eval-on-train-pool", "--iterations", "1"],
+        vec!["train", "--env", "household-small", "--task-pool", "0", "--iterations", "1"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_g2po")).args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(!out.stderr.is_empty());
     }
+}
+
+#[test]
+fn train_on_the_small_household_with_a_task_pool() {
+    let log = std::env::temp_dir().join(format!("g2po-train-cli-pool-{}.jsonl", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_g2po"))
+        .args(["train", "--env", "household-small", "--task-pool", "2", "--eval-on-train-pool", "--eval-tasks", "2"])
+        .args(["--iterations", "2", "--tasks", "1", "--rollouts", "2", "--curriculum", "fixed:6", "--log"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), 2);
+    std::fs::remove_file(log).ok();
 }
