@@ -8,19 +8,12 @@ use std::hint::black_box;
 
 use candle_core::{Device, Tensor, Var};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use g2po::learner::{KlEstimator, LossConfig, LossInputs};
+use g2po::learner::{KlEstimator, LossBuffers, LossConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-struct Batch {
-    rows: usize,
-    max_len: usize,
-    logp: Vec<f32>,
-    logp_old: Vec<f32>,
-    logp_ref: Vec<f32>,
-    adv: Vec<f32>,
-    mask: Vec<f32>,
-}
+/// Random inputs of the benchmarked size.
+struct Batch(LossBuffers);
 
 impl Batch {
     fn new(rows: usize, max_len: usize) -> Self {
@@ -35,20 +28,7 @@ impl Batch {
             let len = rng.random_range(max_len / 4..=max_len);
             mask[r * max_len..r * max_len + len].fill(1.0);
         }
-        Self { rows, max_len, logp, logp_old, logp_ref, adv, mask }
-    }
-
-    fn inputs(&self) -> LossInputs<'_> {
-        LossInputs {
-            rows: self.rows,
-            max_len: self.max_len,
-            logp: &self.logp,
-            logp_old: &self.logp_old,
-            logp_ref: &self.logp_ref,
-            advantages: &self.adv,
-            entropy: &[],
-            mask: &self.mask,
-        }
+        Self(LossBuffers { rows, max_len, logp, logp_old, logp_ref, advantages: adv, entropy: Vec::new(), mask })
     }
 }
 
@@ -101,13 +81,13 @@ fn bench_size(c: &mut Criterion, rows: usize, max_len: usize) {
     group.sample_size(10);
 
     group.bench_function("cpu_fused", |b| {
-        b.iter(|| black_box(g2po::learner::fused::grpo_loss_cpu(&batch.inputs(), &cfg)))
+        b.iter(|| black_box(g2po::learner::fused::grpo_loss_cpu(&batch.0.view(), &cfg)))
     });
 
     let dev = Device::Cpu;
     let t = |v: &[f32]| Tensor::from_slice(v, (rows, max_len), &dev).expect("tensor");
-    let logp = Var::from_tensor(&t(&batch.logp)).expect("var");
-    let (old, rf, adv, mask) = (t(&batch.logp_old), t(&batch.logp_ref), t(&batch.adv), t(&batch.mask));
+    let logp = Var::from_tensor(&t(&batch.0.logp)).expect("var");
+    let (old, rf, adv, mask) = (t(&batch.0.logp_old), t(&batch.0.logp_ref), t(&batch.0.advantages), t(&batch.0.mask));
     group.bench_function("cpu_candle_ops", |b| {
         b.iter(|| black_box(loss_candle_ops(&logp, &old, &rf, &adv, &mask, &cfg).expect("candle loss")))
     });
@@ -132,18 +112,18 @@ fn gpu_rows(
     };
     // Host slices in, host vectors out: includes the PCIe copies.
     group.bench_function("gpu_fused_with_copies", |b| {
-        b.iter(|| black_box(gpu.grpo_loss(&batch.inputs(), cfg).expect("gpu loss")))
+        b.iter(|| black_box(gpu.grpo_loss(&batch.0.view(), cfg).expect("gpu loss")))
     });
     // Device-resident tensors through the candle CustomOp: the kernel plus a scalar read-back.
     let Ok(dev) = Device::new_cuda(0) else { return };
-    let t = |v: &[f32]| Tensor::from_slice(v, (batch.rows, batch.max_len), &dev).expect("tensor");
-    let logp = t(&batch.logp);
+    let t = |v: &[f32]| Tensor::from_slice(v, (batch.0.rows, batch.0.max_len), &dev).expect("tensor");
+    let logp = t(&batch.0.logp);
     let op = g2po::cuda::FusedGrpoLoss::new(
-        t(&batch.logp_old),
-        Some(t(&batch.logp_ref)),
-        t(&batch.adv),
+        t(&batch.0.logp_old),
+        Some(t(&batch.0.logp_ref)),
+        t(&batch.0.advantages),
         None,
-        t(&batch.mask),
+        t(&batch.0.mask),
         *cfg,
     )
     .expect("op");

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use g2po::cuda::{CudaError, GpuContext, StageHost, StagePlan};
 use g2po::learner::fused::grpo_loss_cpu;
-use g2po::learner::{KlEstimator, LossAggregation, LossConfig, LossDiagnostics, LossInputs};
+use g2po::learner::{KlEstimator, LossAggregation, LossBuffers, LossConfig, LossDiagnostics, LossInputs};
 use g2po::{
     AdvantageEstimator, Anchor, Estimator, EstimatorConfig, EstimatorKind, Grouping, Normalization, RolloutBatch,
     StatsOver, Step, TerminalValues,
@@ -39,16 +39,8 @@ fn close(a: f64, b: f64) -> bool {
 // Loss
 // ---------------------------------------------------------------------------------------
 
-struct LossCase {
-    rows: usize,
-    max_len: usize,
-    logp: Vec<f32>,
-    logp_old: Vec<f32>,
-    logp_ref: Vec<f32>,
-    adv: Vec<f32>,
-    entropy: Vec<f32>,
-    mask: Vec<f32>,
-}
+/// Random loss inputs (see `random`).
+struct LossCase(LossBuffers);
 
 impl LossCase {
     fn random(seed: u64, rows: usize, max_len: usize) -> Self {
@@ -87,20 +79,7 @@ impl LossCase {
                 mask[r * max_len + j] = 1.0;
             }
         }
-        Self { rows, max_len, logp, logp_old, logp_ref, adv, entropy, mask }
-    }
-
-    fn inputs(&self) -> LossInputs<'_> {
-        LossInputs {
-            rows: self.rows,
-            max_len: self.max_len,
-            logp: &self.logp,
-            logp_old: &self.logp_old,
-            logp_ref: &self.logp_ref,
-            advantages: &self.adv,
-            entropy: &self.entropy,
-            mask: &self.mask,
-        }
+        Self(LossBuffers { rows, max_len, logp, logp_old, logp_ref, advantages: adv, entropy, mask })
     }
 }
 
@@ -157,14 +136,14 @@ fn assert_diag_close(a: &LossDiagnostics, b: &LossDiagnostics, what: &str) {
 fn gpu_validation_accepts_and_rejects_what_the_cpu_does() {
     // Host-only: the GPU wrapper must accept exactly the inputs the CPU reference accepts.
     let case = LossCase::random(21, 4, 5);
-    let base = case.inputs();
-    let mut nan_pad = case.logp.clone();
-    let pad = case.mask.iter().position(|&m| m == 0.0).expect("a padding token");
+    let base = case.0.view();
+    let mut nan_pad = case.0.logp.clone();
+    let pad = case.0.mask.iter().position(|&m| m == 0.0).expect("a padding token");
     nan_pad[pad] = f32::NAN;
-    let mut half = case.mask.clone();
+    let mut half = case.0.mask.clone();
     half[0] = 0.5;
-    let zero = vec![0.0f32; case.mask.len()];
-    let short = &case.logp_ref[1..];
+    let zero = vec![0.0f32; case.0.mask.len()];
+    let short = &case.0.logp_ref[1..];
     let variants: Vec<(&str, LossInputs<'_>, LossConfig)> = vec![
         ("valid", base, LossConfig::default()),
         ("NaN in padding", LossInputs { logp: &nan_pad, ..base }, LossConfig::default()),
@@ -194,8 +173,8 @@ fn gpu_validation_accepts_and_rejects_what_the_cpu_does() {
 }
 
 fn assert_loss_matches_cpu(gpu: &GpuContext, case: &LossCase, c: &LossConfig) {
-    let want = grpo_loss_cpu(&case.inputs(), c).expect("CPU loss");
-    let got = gpu.grpo_loss(&case.inputs(), c).expect("GPU loss");
+    let want = grpo_loss_cpu(&case.0.view(), c).expect("CPU loss");
+    let got = gpu.grpo_loss(&case.0.view(), c).expect("GPU loss");
     let what = format!("{c:?}");
     assert!(close(got.loss, want.loss), "{what}: loss {} vs {}", got.loss, want.loss);
     for (i, (g, w)) in got.grad_logp.iter().zip(&want.grad_logp).enumerate() {
@@ -222,15 +201,15 @@ fn loss_gpu_is_deterministic_and_rejects_bad_input() {
     // Large enough for many blocks, so the two-level reduction is exercised.
     let case = LossCase::random(3, 300, 1000);
     let c = LossConfig { kl: Some((KlEstimator::K3, 0.01)), ..LossConfig::default() };
-    let a = gpu.grpo_loss(&case.inputs(), &c).unwrap();
-    let b = gpu.grpo_loss(&case.inputs(), &c).unwrap();
+    let a = gpu.grpo_loss(&case.0.view(), &c).unwrap();
+    let b = gpu.grpo_loss(&case.0.view(), &c).unwrap();
     assert_eq!(a.loss.to_bits(), b.loss.to_bits());
     assert_eq!(a.grad_logp, b.grad_logp);
     assert_eq!(a.diagnostics, b.diagnostics);
     assert_loss_matches_cpu(&gpu, &case, &c);
-    let zero_mask = vec![0.0f32; case.mask.len()];
-    assert!(gpu.grpo_loss(&LossInputs { mask: &zero_mask, ..case.inputs() }, &c).is_err());
-    assert!(gpu.grpo_loss(&LossInputs { logp: &case.logp[1..], ..case.inputs() }, &c).is_err());
+    let zero_mask = vec![0.0f32; case.0.mask.len()];
+    assert!(gpu.grpo_loss(&LossInputs { mask: &zero_mask, ..case.0.view() }, &c).is_err());
+    assert!(gpu.grpo_loss(&LossInputs { logp: &case.0.logp[1..], ..case.0.view() }, &c).is_err());
 }
 
 /// The candle CustomOp on candle's CUDA device gives the same loss and gradient.
@@ -245,15 +224,15 @@ fn candle_custom_op_matches_direct_launch() {
     };
     let case = LossCase::random(9, 8, 33);
     let c = LossConfig { kl: Some((KlEstimator::K2, 0.01)), entropy_coef: 0.001, ..LossConfig::default() };
-    let want = gpu.grpo_loss(&case.inputs(), &c).unwrap();
-    let t = |v: &[f32]| Tensor::from_slice(v, (case.rows, case.max_len), &dev).unwrap();
-    let logp = Var::from_tensor(&t(&case.logp)).unwrap();
+    let want = gpu.grpo_loss(&case.0.view(), &c).unwrap();
+    let t = |v: &[f32]| Tensor::from_slice(v, (case.0.rows, case.0.max_len), &dev).unwrap();
+    let logp = Var::from_tensor(&t(&case.0.logp)).unwrap();
     let op = g2po::cuda::FusedGrpoLoss::new(
-        t(&case.logp_old),
-        Some(t(&case.logp_ref)),
+        t(&case.0.logp_old),
+        Some(t(&case.0.logp_ref)),
         t(&case.adv),
-        Some(t(&case.entropy)),
-        t(&case.mask),
+        Some(t(&case.0.entropy)),
+        t(&case.0.mask),
         c,
     )
     .unwrap();

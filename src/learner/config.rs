@@ -91,6 +91,57 @@ pub struct LossInputs<'a> {
     pub mask: &'a [f32],
 }
 
+/// Owned token-level loss inputs: the storage behind a [`LossInputs`] view,
+/// for callers (benchmarks, tests, data loaders) that build the arrays
+/// themselves.
+///
+/// ```
+/// use g2po::learner::LossBuffers;
+/// let b = LossBuffers { rows: 1, max_len: 2, logp: vec![-1.0; 2], logp_old: vec![-1.0; 2],
+///     advantages: vec![1.0; 2], mask: vec![1.0, 0.0], ..Default::default() };
+/// assert_eq!(b.view().mask, &[1.0, 0.0]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LossBuffers {
+    /// Number of sequences (rows).
+    pub rows: usize,
+    /// Padded length of each row.
+    pub max_len: usize,
+    /// See [`LossInputs::logp`].
+    pub logp: Vec<f32>,
+    /// See [`LossInputs::logp_old`].
+    pub logp_old: Vec<f32>,
+    /// See [`LossInputs::logp_ref`].
+    pub logp_ref: Vec<f32>,
+    /// See [`LossInputs::advantages`].
+    pub advantages: Vec<f32>,
+    /// See [`LossInputs::entropy`].
+    pub entropy: Vec<f32>,
+    /// See [`LossInputs::mask`].
+    pub mask: Vec<f32>,
+}
+
+impl LossBuffers {
+    /// The borrowed view the loss functions take.
+    ///
+    /// ```
+    /// let b = g2po::learner::LossBuffers::default();
+    /// assert_eq!(b.view().rows, 0);
+    /// ```
+    pub fn view(&self) -> LossInputs<'_> {
+        LossInputs {
+            rows: self.rows,
+            max_len: self.max_len,
+            logp: &self.logp,
+            logp_old: &self.logp_old,
+            logp_ref: &self.logp_ref,
+            advantages: &self.advantages,
+            entropy: &self.entropy,
+            mask: &self.mask,
+        }
+    }
+}
+
 /// Diagnostics of one loss evaluation, all over masked tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LossDiagnostics {

@@ -11,7 +11,7 @@ pub mod fused;
 pub mod tensor;
 pub mod update;
 
-pub use config::{KlEstimator, LossAggregation, LossConfig, LossDiagnostics, LossInputs, LossOutput};
+pub use config::{KlEstimator, LossAggregation, LossBuffers, LossConfig, LossDiagnostics, LossInputs, LossOutput};
 pub use error::LearnerError;
 pub use fused::grpo_loss_cpu;
 pub use tensor::{FusedGrpoLoss, LossTensors, grpo_loss_tensors};
