@@ -3,7 +3,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use g2po::learner::tensor::{FusedGrpoLoss, LossTensors, aggregate, grpo_loss_tensors};
-use g2po::learner::{KlEstimator, LearnerError, LossAggregation, LossConfig, LossInputs, LossOutput, grpo_loss_cpu};
+use g2po::learner::{
+    KlEstimator, LearnerError, LossAggregation, LossBuffers, LossConfig, LossInputs, LossOutput, grpo_loss_cpu,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -440,13 +442,16 @@ fn fused_equals_candle_ops_and_custom_op() {
             // Custom op, with an incoming gradient of 3 to check the scaling.
             let op = || {
                 FusedGrpoLoss::new(
-                    d.rows,
-                    d.max_len,
-                    d.old.clone(),
-                    d.refp.clone(),
-                    d.adv.clone(),
-                    d.ent.clone(),
-                    d.mask.clone(),
+                    LossBuffers {
+                        rows: d.rows,
+                        max_len: d.max_len,
+                        logp: Vec::new(),
+                        logp_old: d.old.clone(),
+                        logp_ref: d.refp.clone(),
+                        advantages: d.adv.clone(),
+                        entropy: d.ent.clone(),
+                        mask: d.mask.clone(),
+                    },
                     c,
                 )
                 .unwrap()
@@ -487,16 +492,36 @@ fn fused_equals_candle_ops_and_custom_op() {
 fn custom_op_accepts_f64_and_keeps_dtype() {
     let d = agg_data();
     let logp = Var::from_tensor(&t2(&d.logp, &d, &Device::Cpu).to_dtype(DType::F64).unwrap()).unwrap();
-    let op =
-        FusedGrpoLoss::new(d.rows, d.max_len, d.old.clone(), vec![], d.adv.clone(), vec![], d.mask.clone(), plain())
-            .unwrap();
+    let op = FusedGrpoLoss::new(
+        LossBuffers {
+            rows: d.rows,
+            max_len: d.max_len,
+            logp_old: d.old.clone(),
+            advantages: d.adv.clone(),
+            mask: d.mask.clone(),
+            ..Default::default()
+        },
+        plain(),
+    )
+    .unwrap();
     let (loss, _) = op.apply(logp.as_tensor()).unwrap();
     assert_eq!(loss.dtype(), DType::F64);
     assert!(close(loss.to_scalar::<f64>().unwrap(), -2.4, 1e-12));
     let g = loss.backward().unwrap().get(&logp).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     assert!(close(g[1], -0.4, 1e-6));
     // Wrong shape is a typed error, not a panic.
-    let op = FusedGrpoLoss::new(2, 2, vec![0.0; 4], vec![], vec![0.0; 4], vec![], vec![1.0; 4], plain()).unwrap();
+    let op = FusedGrpoLoss::new(
+        LossBuffers {
+            rows: 2,
+            max_len: 2,
+            logp_old: vec![0.0; 4],
+            advantages: vec![0.0; 4],
+            mask: vec![1.0; 4],
+            ..Default::default()
+        },
+        plain(),
+    )
+    .unwrap();
     assert!(matches!(op.apply(logp.as_tensor()), Err(LearnerError::BadInput(_))));
 }
 

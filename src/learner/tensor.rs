@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
-use super::config::{KlEstimator, LossConfig, LossDiagnostics, LossInputs};
+use super::config::{KlEstimator, LossBuffers, LossConfig, LossDiagnostics, LossInputs};
 use super::error::{LearnerError, Result};
 use super::fused::{K3_CLAMP, LOG_RATIO_CLAMP, aggregation_weights, grpo_loss_cpu, validate_config};
 
@@ -196,64 +196,41 @@ struct FusedSlot {
 ///
 /// ```
 /// use candle_core::{Device, Var};
-/// use g2po::learner::{LossConfig, tensor::FusedGrpoLoss};
+/// use g2po::learner::{LossBuffers, LossConfig, tensor::FusedGrpoLoss};
 /// let logp = Var::new(&[[-1.0f32, -2.0]], &Device::Cpu).unwrap();
-/// let op = FusedGrpoLoss::new(1, 2, vec![-1.0, -2.0], vec![], vec![1.0, 1.0], vec![],
-///     vec![1.0, 0.0], LossConfig::default()).unwrap();
+/// let op = FusedGrpoLoss::new(LossBuffers { rows: 1, max_len: 2, logp_old: vec![-1.0, -2.0],
+///     advantages: vec![1.0, 1.0], mask: vec![1.0, 0.0], ..Default::default() }, LossConfig::default()).unwrap();
 /// let (loss, _diag) = op.apply(logp.as_tensor()).unwrap();
 /// let g = loss.backward().unwrap().get(&logp).unwrap().to_vec2::<f32>().unwrap();
 /// assert_eq!(g, vec![vec![-1.0, 0.0]]);
 /// ```
 #[derive(Debug, Clone)]
 pub struct FusedGrpoLoss {
-    rows: usize,
-    max_len: usize,
-    logp_old: Vec<f32>,
-    logp_ref: Vec<f32>,
-    advantages: Vec<f32>,
-    entropy: Vec<f32>,
-    mask: Vec<f32>,
+    /// Every input but `logp` (which is the op's argument; left empty here).
+    inputs: LossBuffers,
     config: LossConfig,
     slot: Arc<Mutex<FusedSlot>>,
 }
 
 impl FusedGrpoLoss {
     /// Builds the op from flat `rows * max_len` inputs (see [`LossInputs`] for
-    /// which may be empty). The configuration is validated here; the inputs
-    /// when the op runs.
+    /// which may be empty; `logp` is the op's argument and is ignored here).
+    /// The configuration is validated here; the inputs when the op runs.
     ///
     /// ```
-    /// use g2po::learner::{LossConfig, tensor::FusedGrpoLoss};
+    /// use g2po::learner::{LossBuffers, LossConfig, tensor::FusedGrpoLoss};
     /// let bad = LossConfig { clip_low: -0.1, ..LossConfig::default() };
-    /// assert!(FusedGrpoLoss::new(1, 1, vec![0.0], vec![], vec![1.0], vec![], vec![1.0], bad).is_err());
+    /// let inputs = LossBuffers { rows: 1, max_len: 1, logp_old: vec![0.0], advantages: vec![1.0],
+    ///     mask: vec![1.0], ..Default::default() };
+    /// assert!(FusedGrpoLoss::new(inputs, bad).is_err());
     /// ```
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        rows: usize,
-        max_len: usize,
-        logp_old: Vec<f32>,
-        logp_ref: Vec<f32>,
-        advantages: Vec<f32>,
-        entropy: Vec<f32>,
-        mask: Vec<f32>,
-        config: LossConfig,
-    ) -> Result<Self> {
+    pub fn new(inputs: LossBuffers, config: LossConfig) -> Result<Self> {
         validate_config(&config)?;
-        Ok(Self { rows, max_len, logp_old, logp_ref, advantages, entropy, mask, config, slot: Arc::default() })
+        Ok(Self { inputs, config, slot: Arc::default() })
     }
 
     fn run(&self, logp: &[f32]) -> Result<super::LossOutput> {
-        let inputs = LossInputs {
-            rows: self.rows,
-            max_len: self.max_len,
-            logp,
-            logp_old: &self.logp_old,
-            logp_ref: &self.logp_ref,
-            advantages: &self.advantages,
-            entropy: &self.entropy,
-            mask: &self.mask,
-        };
-        grpo_loss_cpu(&inputs, &self.config)
+        grpo_loss_cpu(&LossInputs { logp, ..self.inputs.view() }, &self.config)
     }
 
     /// Applies the loss to `logp` (`[rows, max_len]`), returning the scalar
@@ -266,17 +243,17 @@ impl FusedGrpoLoss {
     /// is `loss0` and whose gradient is `g`.
     pub fn apply(self, logp: &Tensor) -> Result<(Tensor, LossDiagnostics)> {
         let dims = logp.dims();
-        if dims != [self.rows, self.max_len] {
+        if dims != [self.inputs.rows, self.inputs.max_len] {
             return Err(LearnerError::BadInput(format!(
                 "logp has shape {dims:?}, expected [{}, {}]",
-                self.rows, self.max_len
+                self.inputs.rows, self.inputs.max_len
             )));
         }
         if logp.device().is_cpu() {
             // Evaluate here rather than inside the op so that bad inputs come
             // back as typed errors (the op can only return candle errors); the
             // op's forward and backward then reuse this evaluation.
-            let host = host_values("logp", logp, self.rows, self.max_len)?;
+            let host = host_values("logp", logp, self.inputs.rows, self.inputs.max_len)?;
             let out = self.run(&host)?;
             let diagnostics = out.diagnostics;
             *lock(&self.slot) =
@@ -295,19 +272,20 @@ impl FusedGrpoLoss {
     ///
     /// ```
     /// use candle_core::{Device, Var};
-    /// use g2po::learner::{LossConfig, tensor::FusedGrpoLoss};
+    /// use g2po::learner::{LossBuffers, LossConfig, tensor::FusedGrpoLoss};
     /// let logp = Var::new(&[[-1.0f32, -2.0]], &Device::Cpu).unwrap();
-    /// let op = FusedGrpoLoss::new(1, 2, vec![-1.0, -2.0], vec![], vec![1.0, 1.0], vec![],
-    ///     vec![1.0, 1.0], LossConfig::default()).unwrap();
+    /// let op = FusedGrpoLoss::new(LossBuffers { rows: 1, max_len: 2, logp_old: vec![-1.0, -2.0],
+    ///     advantages: vec![1.0, 1.0], mask: vec![1.0, 1.0], ..Default::default() }, LossConfig::default()).unwrap();
     /// let (loss, _) = op.apply_linearised(logp.as_tensor()).unwrap();
     /// assert!((loss.to_scalar::<f32>().unwrap() + 1.0).abs() < 1e-6);
     /// let g = loss.backward().unwrap().get(&logp).unwrap().to_vec2::<f32>().unwrap();
     /// assert_eq!(g, vec![vec![-0.5, -0.5]]);
     /// ```
     pub fn apply_linearised(self, logp: &Tensor) -> Result<(Tensor, LossDiagnostics)> {
-        let host = host_values("logp", logp, self.rows, self.max_len)?;
+        let host = host_values("logp", logp, self.inputs.rows, self.inputs.max_len)?;
         let out = self.run(&host)?;
-        let g = Tensor::from_vec(out.grad_logp, (self.rows, self.max_len), logp.device())?.to_dtype(logp.dtype())?;
+        let g = Tensor::from_vec(out.grad_logp, (self.inputs.rows, self.inputs.max_len), logp.device())?
+            .to_dtype(logp.dtype())?;
         let detached = logp.detach();
         let lin = ((logp - &detached)? * g)?.sum_all()?;
         let loss = (lin + out.loss)?;

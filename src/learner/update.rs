@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::config::{LossConfig, LossDiagnostics};
+use super::config::{LossBuffers, LossConfig, LossDiagnostics};
 use super::error::{LearnerError, Result};
 use super::fused::validate_config;
 use super::tensor::{FusedGrpoLoss, LossTensors, aggregate, grpo_loss_tensors};
@@ -355,7 +355,20 @@ impl Learner {
             let (mut loss, diag) = if device.is_cuda() {
                 fused_on_cuda(&logp, &entropy, reference_logp.as_ref(), (n, max_len), (&old, &adv, &mask), op_config)?
             } else {
-                FusedGrpoLoss::new(n, max_len, old, ref_host, adv, ent_host, mask.clone(), op_config)?.apply(&logp)?
+                FusedGrpoLoss::new(
+                    LossBuffers {
+                        rows: n,
+                        max_len,
+                        logp: Vec::new(),
+                        logp_old: old,
+                        logp_ref: ref_host,
+                        advantages: adv,
+                        entropy: ent_host,
+                        mask: mask.clone(),
+                    },
+                    op_config,
+                )?
+                .apply(&logp)?
             };
             loss = loss.to_dtype(DType::F64)?;
             if loss_config.entropy_coef != 0.0 {
