@@ -25,6 +25,21 @@
 //!
 //! See `docs/architecture.md` for the data flow and `../shared/SPEC.md` for the
 //! mathematics.
+//!
+//! ## Features
+//!
+//! The engine (everything above: [`rollout`], [`keys`], [`estimators`],
+//! [`broadcast`], [`graph`], [`io`], [`curriculum`]) is always built and
+//! depends on no tensor library, CLI or environment crate; depend on
+//! `g2po = { version = "0.1", default-features = false }` to get only that.
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `learner` | the GRPO learner and the toy policy on candle (CPU) |
+//! | `train` | `learner` + rollouts, trainer, ground truth, ablation over `g2po-envs` |
+//! | `cli` (default) | `train` + the `g2po` program |
+//! | `nvrtc` | the CUDA kernels of `kernels/`, compiled at run time by NVRTC |
+//! | `cuda` | `nvrtc` + `learner` + candle's CUDA backend |
 
 pub mod broadcast;
 #[cfg(feature = "nvrtc")]
@@ -35,9 +50,12 @@ pub mod estimators;
 pub mod graph;
 pub mod io;
 pub mod keys;
+#[cfg(feature = "learner")]
 pub mod learner;
+#[cfg(feature = "learner")]
 pub mod policy;
 pub mod rollout;
+#[cfg(feature = "train")]
 pub mod train;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! The `g2po` binary end to end: advantages with --check on every vector file,
 //! JSONL in and out, graph export, and errors as exit codes.
+#![cfg(feature = "cli")]
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,5 +1,6 @@
 //! The GRPO loss: hand-computed values for every option, the fused gradient
 //! against central finite differences, and fused == candle-ops == custom op.
+#![cfg(feature = "learner")]
 
 use candle_core::{DType, Device, Tensor, Var};
 use g2po::learner::tensor::{FusedGrpoLoss, LossTensors, aggregate, grpo_loss_tensors};

@@ -1,5 +1,6 @@
 //! The text policy: tokenizer, batched per-token log-probabilities, sampling,
 //! determinism and deep copies.
+#![cfg(feature = "learner")]
 
 use candle_core::{Device, Tensor};
 use g2po::learner::LearnerError;

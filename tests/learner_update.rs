@@ -1,6 +1,7 @@
 //! The learner: updates move probability toward positive advantages, both
 //! loss paths give the same step, clipping bounds the step, determinism and
 //! input errors.
+#![cfg(feature = "learner")]
 
 use candle_core::Device;
 use g2po::learner::{

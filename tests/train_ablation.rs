@@ -1,4 +1,5 @@
 //! The ablation writes a complete CSV, a summary table and PNG curves.
+#![cfg(feature = "train")]
 
 use g2po::EstimatorKind;
 use g2po::curriculum::Curriculum;

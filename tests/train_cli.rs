@@ -1,4 +1,5 @@
 //! `g2po train` writes one JSONL line per iteration; bad input is a clear error.
+#![cfg(feature = "cli")]
 
 use std::process::Command;
 

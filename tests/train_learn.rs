@@ -1,4 +1,5 @@
 //! The trainer learns the chain: greedy success goes from 0 to 1.
+#![cfg(feature = "train")]
 
 use g2po::EstimatorKind;
 use g2po::curriculum::Curriculum;

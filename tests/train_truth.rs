@@ -1,4 +1,5 @@
 //! Estimator advantages and node values against the exact ground truth.
+#![cfg(feature = "train")]
 
 use candle_core::Device;
 use g2po::learner::{Learner, LearnerConfig, UpdateBatch, UpdateRow};

@@ -1,6 +1,6 @@
 //! The training configuration and the training error type.
 
-use super::device::DeviceSpec;
+use super::device::{DeviceError, DeviceSpec};
 use g2po_envs::{EnvError, EnvKind};
 
 use crate::EstimatorKind;
@@ -44,8 +44,8 @@ pub enum TrainError {
     #[error("plotting failed: {0}")]
     Plot(String),
     /// The requested device cannot be used (no `cuda` feature, no driver, no GPU).
-    #[error("device unavailable: {0}")]
-    Device(String),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }
 
 /// A training run.

@@ -10,7 +10,21 @@ use std::str::FromStr;
 
 use candle_core::Device;
 
-use super::config::TrainError;
+/// Why a device cannot be named or used.
+///
+/// ```
+/// use g2po::train::{DeviceError, DeviceSpec};
+/// assert!(matches!("tpu".parse::<DeviceSpec>(), Err(DeviceError::Unknown(_))));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// The name is none of `cpu`, `cuda`, `cuda:N`.
+    #[error("unknown device {0:?} (expected cpu, cuda or cuda:N)")]
+    Unknown(String),
+    /// The device exists by name but this build or machine cannot use it.
+    #[error("device unavailable: {0}")]
+    Unavailable(String),
+}
 
 /// A device by name: `cpu`, `cuda` (device 0) or `cuda:N`.
 ///
@@ -31,9 +45,9 @@ pub enum DeviceSpec {
 }
 
 impl FromStr for DeviceSpec {
-    type Err = TrainError;
-    fn from_str(s: &str) -> Result<Self, TrainError> {
-        let bad = || TrainError::BadConfig(format!("unknown device {s:?} (expected cpu, cuda or cuda:N)"));
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, DeviceError> {
+        let bad = || DeviceError::Unknown(s.to_owned());
         match s {
             "cpu" => Ok(Self::Cpu),
             "cuda" => Ok(Self::Cuda(0)),
@@ -43,8 +57,8 @@ impl FromStr for DeviceSpec {
 }
 
 impl TryFrom<String> for DeviceSpec {
-    type Error = TrainError;
-    fn try_from(s: String) -> Result<Self, TrainError> {
+    type Error = DeviceError;
+    fn try_from(s: String) -> Result<Self, DeviceError> {
         s.parse()
     }
 }
@@ -74,7 +88,7 @@ impl DeviceSpec {
     /// # #[cfg(not(feature = "cuda"))]
     /// assert!(DeviceSpec::Cuda(0).open().unwrap_err().to_string().contains("cuda"));
     /// ```
-    pub fn open(&self) -> Result<Device, TrainError> {
+    pub fn open(&self) -> Result<Device, DeviceError> {
         match *self {
             Self::Cpu => Ok(Device::Cpu),
             Self::Cuda(ordinal) => open_cuda(ordinal),
@@ -83,17 +97,17 @@ impl DeviceSpec {
 }
 
 #[cfg(feature = "cuda")]
-fn open_cuda(ordinal: usize) -> Result<Device, TrainError> {
+fn open_cuda(ordinal: usize) -> Result<Device, DeviceError> {
     Device::new_cuda(ordinal).map_err(|e| {
         // candle appends a backtrace to the message; the first line says it all.
         let reason = e.to_string().lines().next().unwrap_or_default().to_owned();
-        TrainError::Device(format!("CUDA device {ordinal} is not usable on this machine: {reason}"))
+        DeviceError::Unavailable(format!("CUDA device {ordinal} is not usable on this machine: {reason}"))
     })
 }
 
 #[cfg(not(feature = "cuda"))]
-fn open_cuda(ordinal: usize) -> Result<Device, TrainError> {
-    Err(TrainError::Device(format!(
+fn open_cuda(ordinal: usize) -> Result<Device, DeviceError> {
+    Err(DeviceError::Unavailable(format!(
         "--device cuda:{ordinal} needs a g2po built with the `cuda` feature \
          (eval \"$(scripts/cuda-toolchain.sh)\" && cargo build --release --features cuda); \
          this build is CPU-only"

@@ -25,7 +25,7 @@ pub mod truth;
 
 pub use ablation::{AblationConfig, AblationReport, AblationSetting, run_ablation};
 pub use config::{TrainConfig, TrainError};
-pub use device::DeviceSpec;
+pub use device::{DeviceError, DeviceSpec};
 pub use rollouts::{CollectedRow, Rollout, RolloutSet, collect_rollouts, rollout_seed};
 pub use trainer::{IterationLog, Trainer, evaluate};
 pub use truth::{TruthScore, TruthTable, score_advantages};
