@@ -58,8 +58,12 @@ impl std::fmt::Debug for Trainer {
 /// ```
 /// use g2po::policy::{Policy, PolicyConfig};
 /// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 0).unwrap();
-/// let rate = g2po::train::evaluate(&p, g2po_envs::EnvKind::Chain, &[0, 1], 10).unwrap();
-/// assert!((0.0..=1.0).contains(&rate));
+/// let chain = g2po_envs::EnvKind::Chain;
+/// let rate = g2po::train::evaluate(&p, chain, &[0, 1], 10).unwrap();
+/// // The mean of the per-task outcomes (greedy play is deterministic).
+/// let one = |t| g2po::train::evaluate(&p, chain, &[t], 10).unwrap();
+/// assert_eq!(rate, (one(0) + one(1)) / 2.0);
+/// assert_eq!(g2po::train::evaluate(&p, chain, &[], 10).unwrap(), 0.0);
 /// ```
 pub fn evaluate(policy: &Policy, env: EnvKind, tasks: &[u64], horizon: usize) -> Result<f64, TrainError> {
     if tasks.is_empty() {
