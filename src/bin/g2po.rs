@@ -387,8 +387,37 @@ fn ablate(args: &AblateArgs) -> Result<bool, TrainError> {
     Ok(true)
 }
 
+/// Sizes the thread pools of a training run, before any thread exists.
+///
+/// * `CANDLE_NUM_THREADS=1`: the toy policy's tensors are small (a forward is a
+///   few hundred kB), so candle's intra-op worker pool (default: one thread
+///   per core, whose workers spin-wait between ops) gains nothing and competes
+///   with the rollout threads for the cores.
+/// * `RAYON_NUM_THREADS` = the available parallelism (rayon's own default, so
+///   the rollout pool is unchanged): candle asks for its matmul thread count
+///   on every matmul, and without this variable it re-reads `/proc/cpuinfo`
+///   each time (num_cpus' physical-core count), which dominated small runs.
+///
+/// Measured in `docs/benchmarks.md` ("Training threads"). Values the user set
+/// are kept.
+fn size_thread_pools_for_training() {
+    let set_default = |name: &str, value: String| {
+        if std::env::var_os(name).is_none() {
+            // SAFETY: called first thing in `main`, before any other thread
+            // exists, so nothing reads the environment concurrently.
+            unsafe { std::env::set_var(name, value) };
+        }
+    };
+    set_default("CANDLE_NUM_THREADS", "1".into());
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    set_default("RAYON_NUM_THREADS", cores.to_string());
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Train(_) | Command::Ablate(_)) {
+        size_thread_pools_for_training();
+    }
     let result = match &cli.command {
         Command::Advantages(args) => advantages(args).map_err(|e| e.to_string()),
         Command::Graph(args) => graph(args).map_err(|e| e.to_string()),
