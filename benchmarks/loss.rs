@@ -1,6 +1,7 @@
-//! Fused GRPO loss (forward + backward): the CPU fused pass against the same loss written as
-//! separate candle ops with autograd, at 1M tokens (16M with `G2PO_BENCH_16M=1`, too slow for
-//! CI), plus the CUDA kernel under the `cuda` feature (skipped without a GPU).
+//! Fused GRPO loss (forward + backward): the CPU fused pass, the fused candle op the learner
+//! applies (with candle's backward), and the same loss written as separate candle ops with
+//! autograd, at 1M tokens (16M with `G2PO_BENCH_16M=1`, too slow for CI), plus the CUDA kernel
+//! under the `cuda` feature (skipped without a GPU).
 //!
 //! Run: `cargo bench --bench loss` (add `--features cuda` for the GPU rows).
 
@@ -85,6 +86,14 @@ fn bench_size(c: &mut Criterion, rows: usize, max_len: usize) {
     let dev = Device::Cpu;
     let t = |v: &[f32]| Tensor::from_slice(v, (rows, max_len), &dev).expect("tensor");
     let logp = Var::from_tensor(&t(&batch.0.logp)).expect("var");
+    // What the learner runs: the fused op (cpu_fwd) and its backward through candle.
+    let op = g2po::learner::FusedGrpoLoss::from_buffers(batch.0.clone(), cfg).expect("op");
+    group.bench_function("cpu_fused_op_with_backward", |b| {
+        b.iter(|| {
+            let (loss, _) = op.apply(logp.as_tensor()).expect("op");
+            black_box(loss.backward().expect("backward"))
+        })
+    });
     let (old, rf, adv, mask) = (t(&batch.0.logp_old), t(&batch.0.logp_ref), t(&batch.0.advantages), t(&batch.0.mask));
     group.bench_function("cpu_candle_ops", |b| {
         b.iter(|| black_box(loss_candle_ops(&logp, &old, &rf, &adv, &mask, &cfg).expect("candle loss")))
