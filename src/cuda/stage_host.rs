@@ -8,7 +8,7 @@
 //! statistics); anything else is a [`CudaError::Unsupported`].
 
 use super::{CudaError, StageInputs, StageParams};
-use crate::estimators::{Advantages, EstimatorConfig, EstimatorKind, Normalization, StatsOver, TerminalValues};
+use crate::estimators::{Advantages, EstimatorConfig, EstimatorKind, Normalization, StatsOver, terminal_value};
 use crate::rollout::RolloutBatch;
 
 /// Owned per-row arrays for [`StageInputs`] plus the matching [`StageParams`].
@@ -116,14 +116,8 @@ impl StageHost {
             }
         }
         let reward = batch.episode_rewards();
-        let terminal_value = reward
-            .iter()
-            .map(|&rw| match config.terminal {
-                TerminalValues::EpisodeReward => rw as f32,
-                // Same success test as the engine: a positive episode reward.
-                TerminalValues::Fixed { success, failure } => (if rw > 0.0 { success } else { failure }) as f32,
-            })
-            .collect();
+        // The engine's own terminal mapping, so both back ends fuse the same graph.
+        let terminal_value = reward.iter().map(|&rw| terminal_value(config, rw) as f32).collect();
         let (trajs, lens, steps) = (batch.trajectories(), batch.trajectory_lens(), batch.steps());
         let visit_value = (0..n)
             .map(|r| {

@@ -1,0 +1,257 @@
+//! The machinery every estimator shares: state grouping (keys -> dense node
+//! ids per task group), per-thread scratch, the parallel pass over groups,
+//! group statistics, and the scatter back into row order.
+//!
+//! The estimators themselves (one file each) only see one group at a time,
+//! through a [`GroupContext`] and that group's output [`Block`].
+
+use std::borrow::Cow;
+
+use ahash::AHashMap;
+use rayon::prelude::*;
+
+use super::columns::{Block, ScatterBuffers};
+use super::{Advantages, EstimatorConfig, EstimatorKind, Grouping, Normalization, g2po, gigpo, grpo};
+use crate::error::{Error, Result};
+use crate::keys::StateKeyer;
+use crate::keys::similarity;
+use crate::rollout::{Anchor, RolloutBatch};
+
+/// Runs the estimator described by `cfg` over `batch` into `out`.
+pub(super) fn estimate_into(
+    cfg: &EstimatorConfig,
+    keyer: &StateKeyer,
+    batch: &RolloutBatch,
+    out: &mut Advantages,
+) -> Result<()> {
+    let uses_states = cfg.kind.uses_states();
+    let similarity = match cfg.grouping {
+        Grouping::Similarity { threshold } if uses_states => {
+            if !batch.has_text() {
+                return Err(Error::SimilarityNeedsText);
+            }
+            Some(threshold)
+        }
+        _ => None,
+    };
+    let keys: Cow<'_, [u64]> =
+        if uses_states && similarity.is_none() { keyer.batch_keys(batch) } else { Cow::Borrowed(&[]) };
+    let row_pos = (!batch.groups_contiguous()).then(|| positions_in_group(batch));
+    let ctx = GroupContext { batch, cfg, keys: &keys, similarity, keyer, row_pos: row_pos.as_deref() };
+
+    out.reshape(cfg.kind.columns(), batch.len());
+    let offsets = batch.group_offsets();
+    let mut rest = out.whole();
+    let blocks: Vec<Block<'_>> = offsets.windows(2).map(|w| rest.split_off_front(w[1] - w[0])).collect();
+    let node_counts: Vec<u32> = blocks
+        .into_par_iter()
+        .enumerate()
+        .map(|(group, mut block)| SCRATCH.with_borrow_mut(|scratch| ctx.process(group, &mut block, scratch)))
+        .collect();
+
+    if cfg.kind == EstimatorKind::Gigpo {
+        renumber_step_groups_batch_wide(batch, &mut out.node, &node_counts, row_pos.as_deref());
+    }
+    if !batch.groups_contiguous() {
+        out.scatter_to_rows(batch.rows_by_group(), &mut ScatterBuffers::default());
+    }
+    Ok(())
+}
+
+/// Position of each row within its group's CSR block (non-contiguous batches).
+fn positions_in_group(batch: &RolloutBatch) -> Vec<u32> {
+    let mut pos = vec![0u32; batch.len()];
+    for g in 0..batch.num_groups() {
+        for (i, &row) in batch.group_rows(g).iter().enumerate() {
+            pos[row as usize] = i as u32;
+        }
+    }
+    pos
+}
+
+/// GiGPO's step groups are numbered per batch in first-seen row order; the
+/// parallel pass numbered them per group.
+fn renumber_step_groups_batch_wide(
+    batch: &RolloutBatch,
+    node: &mut [i32],
+    node_counts: &[u32],
+    row_pos: Option<&[u32]>,
+) {
+    let offsets = batch.group_offsets();
+    let mut base = Vec::with_capacity(node_counts.len() + 1);
+    base.push(0usize);
+    for &c in node_counts {
+        base.push(base.last().unwrap() + c as usize);
+    }
+    let mut global = vec![u32::MAX; *base.last().unwrap()];
+    let mut next_id = 0u32;
+    for (row, &g) in batch.groups().iter().enumerate() {
+        let g = g as usize;
+        let pos = offsets[g] + row_pos.map_or_else(|| row - offsets[g], |p| p[row] as usize);
+        let slot = &mut global[base[g] + node[pos] as usize];
+        if *slot == u32::MAX {
+            *slot = next_id;
+            next_id += 1;
+        }
+        node[pos] = *slot as i32;
+    }
+}
+
+thread_local! {
+    /// Each worker thread keeps its buffers across groups and across calls,
+    /// so steady-state estimation allocates nothing per group.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Per-thread buffers (see [`SCRATCH`]).
+#[derive(Default)]
+pub(super) struct Scratch {
+    pub(super) node_of_key: AHashMap<u64, u32>,
+    pub(super) node: Vec<u32>,
+    pub(super) value: Vec<f64>,
+    pub(super) node_value: Vec<f64>,
+    pub(super) stats: NodeStats,
+    pub(super) traj_rewards: Vec<f64>,
+    /// gamma^k for k = 0, 1, ...; grown on demand (gamma is fixed per estimate).
+    pub(super) gamma_pow: Vec<f64>,
+    /// The gamma `gamma_pow` was built for (scratch outlives one estimate).
+    pub(super) gamma_pow_base: f64,
+}
+
+/// Per-node count, sum, mean and unbiased std of a per-row quantity.
+#[derive(Default)]
+pub(super) struct NodeStats {
+    pub(super) sum: Vec<f64>,
+    pub(super) count: Vec<u32>,
+    pub(super) mean: Vec<f64>,
+    pub(super) std: Vec<f64>,
+}
+
+impl NodeStats {
+    /// Counts and sums only (node values need no spread).
+    pub(super) fn accumulate(&mut self, nodes: &[u32], num_nodes: usize, x: impl Fn(usize) -> f64) {
+        self.sum.clear();
+        self.sum.resize(num_nodes, 0.0);
+        self.count.clear();
+        self.count.resize(num_nodes, 0);
+        for (i, &node) in nodes.iter().enumerate() {
+            self.sum[node as usize] += x(i);
+            self.count[node as usize] += 1;
+        }
+        self.mean.clear();
+        self.mean.extend(self.sum.iter().zip(&self.count).map(|(&sum, &c)| sum / c as f64));
+    }
+
+    /// Means and unbiased stds (two passes; a single visit has std 0).
+    pub(super) fn compute(&mut self, nodes: &[u32], num_nodes: usize, x: impl Fn(usize) -> f64) {
+        self.accumulate(nodes, num_nodes, &x);
+        self.std.clear();
+        self.std.resize(num_nodes, 0.0);
+        for (i, &node) in nodes.iter().enumerate() {
+            let d = x(i) - self.mean[node as usize];
+            self.std[node as usize] += d * d;
+        }
+        for (sq, &c) in self.std.iter_mut().zip(&self.count) {
+            *sq = if c > 1 { (*sq / (c - 1) as f64).sqrt() } else { 0.0 };
+        }
+    }
+}
+
+/// What one group's computation reads: the batch, the configuration and the
+/// batch-wide inputs computed before the parallel pass.
+pub(super) struct GroupContext<'a> {
+    pub(super) batch: &'a RolloutBatch,
+    pub(super) cfg: &'a EstimatorConfig,
+    keys: &'a [u64],
+    similarity: Option<f64>,
+    keyer: &'a StateKeyer,
+    row_pos: Option<&'a [u32]>,
+}
+
+/// Mean and unbiased standard deviation (two passes). One element: std 0.
+pub(super) fn mean_std(values: impl Iterator<Item = f64> + Clone) -> (f64, f64, usize) {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for v in values.clone() {
+        sum += v;
+        n += 1;
+    }
+    let mean = sum / n as f64;
+    if n < 2 {
+        return (mean, 0.0, n);
+    }
+    let sq: f64 = values.map(|v| (v - mean) * (v - mean)).sum();
+    (mean, (sq / (n - 1) as f64).sqrt(), n)
+}
+
+impl GroupContext<'_> {
+    /// `(x - mean) / (std + epsilon)` or `x - mean`, by the configured mode.
+    pub(super) fn standardise(&self, x: f64, mean: f64, std: f64) -> f64 {
+        match self.cfg.norm {
+            Normalization::MeanStd => {
+                let scale = std + self.cfg.epsilon;
+                // epsilon = 0 with zero spread: every x equals the mean.
+                if scale > 0.0 { (x - mean) / scale } else { 0.0 }
+            }
+            Normalization::Mean => x - mean,
+        }
+    }
+
+    /// Position within this group's block of a row of the group.
+    pub(super) fn pos(&self, row: u32, group_start: u32) -> usize {
+        match self.row_pos {
+            Some(p) => p[row as usize] as usize,
+            None => (row - group_start) as usize,
+        }
+    }
+
+    /// Row score `s = R - p * [invalid]` (SPEC 1).
+    pub(super) fn score(&self, row: usize) -> f64 {
+        self.batch.episode_rewards()[row] - self.penalty(row)
+    }
+
+    /// The invalid-action penalty of a row (0 when valid).
+    pub(super) fn penalty(&self, row: usize) -> f64 {
+        if self.batch.valid()[row] { 0.0 } else { self.cfg.invalid_penalty }
+    }
+
+    /// Computes one group's columns; returns its number of nodes/step groups.
+    fn process(&self, group: usize, out: &mut Block<'_>, s: &mut Scratch) -> u32 {
+        let rows = self.batch.group_rows(group);
+        grpo::episode(self, rows, out, s);
+        if !self.cfg.kind.uses_states() {
+            return 0;
+        }
+        let num_nodes = self.assign_nodes(rows, s);
+        let start = rows[0];
+        match self.cfg.kind {
+            EstimatorKind::Gigpo => gigpo::step_part(self, rows, start, num_nodes, out, s),
+            EstimatorKind::G2po => g2po::graph_part(self, rows, start, num_nodes, out, s),
+            EstimatorKind::Grpo => unreachable!("GRPO uses no states"),
+        }
+        num_nodes
+    }
+
+    /// Dense node ids in first-seen row order into `s.node`.
+    fn assign_nodes(&self, rows: &[u32], s: &mut Scratch) -> u32 {
+        s.node.clear();
+        if let Some(threshold) = self.similarity {
+            let texts: Vec<Cow<'_, str>> = rows
+                .iter()
+                .map(|&r| match self.batch.anchor(r as usize) {
+                    Anchor::Text(t) => self.keyer.canonical(t),
+                    Anchor::Key(_) => unreachable!("similarity requires text, checked in estimate"),
+                })
+                .collect();
+            let (ids, n) = similarity::cluster(texts.iter().map(|t| t.as_ref()), threshold);
+            s.node.extend(ids);
+            return n;
+        }
+        s.node_of_key.clear();
+        for &r in rows {
+            let next = s.node_of_key.len() as u32;
+            let id = *s.node_of_key.entry(self.keys[r as usize]).or_insert(next);
+            s.node.push(id);
+        }
+        s.node_of_key.len() as u32
+    }
+}

@@ -1,0 +1,122 @@
+//! G2PO (SPEC 3; arXiv 2606.22995): GRPO's episode part plus a node-centric
+//! and an edge-centric term on the state graph of each task group.
+//!
+//! Visits of a node pool into its value `V(k)` = mean of `gamma^(T - t) * R`
+//! over every visit; each step is an edge to the next row's node or to a
+//! terminal. Node-centric: `V(k') - p * [invalid]` standardised among the rows
+//! leaving the same node (one visit: 0). Edge-centric: the TD error
+//! `V(k') - V(k)` standardised over all rows of the group (one row: 0).
+//! `A = C_EP + w * (C_NC + C_EC)`.
+//!
+//! The per-row formulas that other back ends repeat (the CUDA stage inputs)
+//! are the public-in-crate functions here, so they live in one place.
+
+use super::columns::{Block, ColumnSet, FAILURE_TERMINAL, SUCCESS_TERMINAL};
+use super::engine::{GroupContext, Scratch, mean_std};
+use super::{EstimatorConfig, TerminalValues};
+use crate::rollout::NO_NEXT;
+
+/// The columns G2PO fills.
+pub(super) const COLUMNS: ColumnSet = ColumnSet {
+    step: true,
+    node_centric: true,
+    edge_centric: true,
+    node: true,
+    next_node: true,
+    node_value: true,
+    ..super::grpo::COLUMNS
+};
+
+/// Whether a trajectory with this episode reward ends in the success terminal.
+pub(crate) fn is_success(episode_reward: f64) -> bool {
+    episode_reward > 0.0
+}
+
+/// The value of the terminal a trajectory with this episode reward ends in.
+pub(crate) fn terminal_value(cfg: &EstimatorConfig, episode_reward: f64) -> f64 {
+    match cfg.terminal {
+        TerminalValues::EpisodeReward => episode_reward,
+        TerminalValues::Fixed { success, .. } if is_success(episode_reward) => success,
+        TerminalValues::Fixed { failure, .. } => failure,
+    }
+}
+
+/// Writes the node- and edge-centric terms of one group (its episode part is
+/// already in `out`).
+pub(super) fn graph_part(
+    ctx: &GroupContext<'_>,
+    rows: &[u32],
+    start: u32,
+    num_nodes: u32,
+    out: &mut Block<'_>,
+    s: &mut Scratch,
+) {
+    let b = ctx.batch;
+    let cfg = ctx.cfg;
+    let gamma_pow = &mut s.gamma_pow;
+    if gamma_pow.is_empty() || s.gamma_pow_base.to_bits() != cfg.gamma.to_bits() {
+        gamma_pow.clear();
+        gamma_pow.push(1.0);
+        s.gamma_pow_base = cfg.gamma;
+    }
+    for &r in rows {
+        let traj = b.trajectories()[r as usize] as usize;
+        let len = b.trajectory_lens()[traj] as usize;
+        while gamma_pow.len() <= len {
+            gamma_pow.push(gamma_pow[gamma_pow.len() - 1] * cfg.gamma);
+        }
+    }
+    let nodes = &s.node;
+    let stats = &mut s.stats;
+    // Node values: mean of gamma^(T - t) * R over every visit.
+    stats.accumulate(nodes, num_nodes as usize, |i| {
+        let r = rows[i] as usize;
+        let traj = b.trajectories()[r] as usize;
+        let remaining = b.trajectory_lens()[traj] - b.steps()[r];
+        gamma_pow[remaining as usize] * b.episode_rewards()[r]
+    });
+    let values = &mut s.node_value;
+    values.clear();
+    values.extend_from_slice(&stats.mean);
+
+    // Value of where each step leads: the next row's node or a terminal.
+    let next_value = &mut s.value;
+    next_value.clear();
+    for (i, &r) in rows.iter().enumerate() {
+        let r = r as usize;
+        let next = b.next_rows()[r];
+        let (next_node, value) = if next == NO_NEXT {
+            let reward = b.episode_rewards()[r];
+            let terminal = if is_success(reward) { SUCCESS_TERMINAL } else { FAILURE_TERMINAL };
+            (terminal, terminal_value(cfg, reward))
+        } else {
+            let node = nodes[ctx.pos(next, start)];
+            (node as i32, values[node as usize])
+        };
+        out.next_node[i] = next_node;
+        next_value.push(value);
+        out.node[i] = nodes[i] as i32;
+        out.node_value[i] = values[nodes[i] as usize] as f32;
+    }
+
+    // Edge-centric: TD error standardised over the whole group graph.
+    let td = |i: usize| next_value[i] - values[nodes[i] as usize];
+    let (td_mean, td_std, n) = mean_std((0..rows.len()).map(td));
+    // A one-row group has no spread to standardise by (the reference
+    // yields NaN): no edge signal.
+    let edge = |i: usize| if n > 1 { ctx.standardise(td(i), td_mean, td_std) } else { 0.0 };
+
+    // Node-centric: next value minus penalty, standardised among the
+    // rows leaving the same node.
+    let x = |i: usize| next_value[i] - ctx.penalty(rows[i] as usize);
+    stats.compute(nodes, num_nodes as usize, x);
+    for (i, &node) in nodes.iter().enumerate() {
+        let k = node as usize;
+        let nc = if stats.count[k] > 1 { ctx.standardise(x(i), stats.mean[k], stats.std[k]) } else { 0.0 };
+        let ec = edge(i);
+        out.node_centric[i] = nc as f32;
+        out.edge_centric[i] = ec as f32;
+        out.step[i] = (nc + ec) as f32;
+        out.advantage[i] = (out.episode[i] as f64 + cfg.step_weight * (nc + ec)) as f32;
+    }
+}

@@ -1,0 +1,213 @@
+//! The advantage estimators — GRPO, GiGPO and G2PO — behind one interface.
+//!
+//! Every estimator works group by group: a task group's rows never influence
+//! another group, so groups are processed in parallel (rayon) and each group
+//! sequentially, which makes results independent of the number of threads.
+//! Within a group the work is a handful of linear passes over flat arrays
+//! (state keys -> dense node ids, per-node sums, per-node and per-group
+//! standardisation); the only hashing is one map from state key to node id,
+//! reused across groups by each worker thread.
+//!
+//! Output columns are written in group order (the batch's CSR layout) and
+//! permuted back to row order only when groups were interleaved in the input.
+//!
+//! Semantics follow the reference implementations (`../shared/SPEC.md`):
+//! statistics use the unbiased standard deviation; a one-row group's episode
+//! part uses mean 0 and std 1 (as verl does); a one-visit node or step group
+//! gets a zero node/step part. One documented divergence: the reference's
+//! edge-centric term of a group with a single row is NaN (an undefined std);
+//! g2po gives 0.
+//!
+//! ## Layout
+//!
+//! One file per estimator holds its formulas ([`grpo`](self) in `grpo.rs`,
+//! `gigpo.rs`, `g2po.rs`); `config.rs` the options they share; `columns.rs`
+//! the output columns, listed once; `engine.rs` what every estimator needs
+//! around its formulas (state grouping, dense node ids, per-thread scratch,
+//! the parallel pass over groups, the scatter back into row order).
+
+mod columns;
+mod config;
+mod engine;
+mod g2po;
+mod gigpo;
+mod grpo;
+
+#[cfg_attr(not(feature = "nvrtc"), allow(unused_imports))]
+pub(crate) use g2po::terminal_value;
+
+pub use columns::{Advantages, COLUMNS, FAILURE_TERMINAL, SUCCESS_TERMINAL};
+pub use config::{EstimatorConfig, Grouping, Normalization, StatsOver, TerminalValues};
+
+use columns::ColumnSet;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::keys::StateKeyer;
+use crate::rollout::RolloutBatch;
+
+/// Which estimator.
+///
+/// ```
+/// use g2po::EstimatorKind;
+/// assert_eq!("g2po".parse::<EstimatorKind>().unwrap(), EstimatorKind::G2po);
+/// assert_eq!(EstimatorKind::Gigpo.to_string(), "gigpo");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EstimatorKind {
+    /// Trajectory-level group normalisation (DeepSeekMath, verl).
+    Grpo,
+    /// GRPO plus step groups of identical anchors (arXiv 2505.10978).
+    Gigpo,
+    /// GRPO plus node- and edge-centric terms on the state graph (arXiv 2606.22995).
+    G2po,
+}
+
+impl std::fmt::Display for EstimatorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Grpo => "grpo",
+            Self::Gigpo => "gigpo",
+            Self::G2po => "g2po",
+        })
+    }
+}
+
+impl std::str::FromStr for EstimatorKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "grpo" => Ok(Self::Grpo),
+            "gigpo" => Ok(Self::Gigpo),
+            "g2po" => Ok(Self::G2po),
+            other => Err(Error::InvalidParameter {
+                name: "estimator",
+                reason: format!("unknown estimator {other:?} (expected grpo, gigpo or g2po)"),
+            }),
+        }
+    }
+}
+
+impl EstimatorKind {
+    /// Whether the estimator fuses rows into states (needs keys or text).
+    pub(crate) fn uses_states(self) -> bool {
+        !matches!(self, Self::Grpo)
+    }
+
+    /// The output columns the estimator fills.
+    pub(crate) fn columns(self) -> ColumnSet {
+        match self {
+            Self::Grpo => grpo::COLUMNS,
+            Self::Gigpo => gigpo::COLUMNS,
+            Self::G2po => g2po::COLUMNS,
+        }
+    }
+}
+
+/// The one interface of every advantage estimator.
+///
+/// ```
+/// use g2po::{AdvantageEstimator, Estimator, EstimatorConfig, EstimatorKind};
+/// let estimators: Vec<Box<dyn AdvantageEstimator>> = vec![
+///     Box::new(Estimator::new(EstimatorConfig::new(EstimatorKind::Grpo))?),
+///     Box::new(Estimator::new(EstimatorConfig::new(EstimatorKind::G2po))?),
+/// ];
+/// let batch = g2po::doc_batch();
+/// for e in &estimators {
+///     assert_eq!(e.estimate(&batch)?.len(), batch.len());
+/// }
+/// # Ok::<(), g2po::Error>(())
+/// ```
+pub trait AdvantageEstimator: Send + Sync {
+    /// Short name ("grpo", "gigpo", "g2po", ...).
+    fn name(&self) -> &str;
+    /// Per-row advantages of a batch, written into `out`, whose buffers are
+    /// reused: a trainer that keeps one `Advantages` allocates nothing per
+    /// step once the buffers have grown. On error `out` is unspecified.
+    fn estimate_into(&self, batch: &RolloutBatch, out: &mut Advantages) -> Result<()>;
+
+    /// Per-row advantages of a batch, in new buffers.
+    fn estimate(&self, batch: &RolloutBatch) -> Result<Advantages> {
+        let mut out = Advantages::default();
+        self.estimate_into(batch, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// The built-in estimators, chosen by [`EstimatorConfig::kind`].
+///
+/// ```
+/// use g2po::{AdvantageEstimator, Estimator, EstimatorConfig, EstimatorKind};
+/// use g2po::keys::StateKeyer;
+/// let e = Estimator::new(EstimatorConfig::new(EstimatorKind::Gigpo))?.with_keyer(StateKeyer::text_env());
+/// assert_eq!(e.name(), "gigpo");
+/// # Ok::<(), g2po::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Estimator {
+    config: EstimatorConfig,
+    keyer: StateKeyer,
+}
+
+impl Estimator {
+    /// An estimator with a validated configuration and the plain keyer.
+    ///
+    /// ```
+    /// let mut cfg = g2po::EstimatorConfig::new(g2po::EstimatorKind::Grpo);
+    /// cfg.epsilon = -1.0;
+    /// assert!(g2po::Estimator::new(cfg).is_err());
+    /// ```
+    pub fn new(config: EstimatorConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { config, keyer: StateKeyer::new() })
+    }
+
+    /// Replaces the keyer that turns anchor text into state keys.
+    ///
+    /// ```
+    /// let e = g2po::Estimator::new(g2po::EstimatorConfig::new(g2po::EstimatorKind::G2po))?
+    ///     .with_keyer(g2po::keys::StateKeyer::text_env());
+    /// # Ok::<(), g2po::Error>(())
+    /// ```
+    pub fn with_keyer(mut self, keyer: StateKeyer) -> Self {
+        self.keyer = keyer;
+        self
+    }
+
+    /// The configuration.
+    ///
+    /// ```
+    /// let e = g2po::Estimator::new(g2po::EstimatorConfig::new(g2po::EstimatorKind::G2po))?;
+    /// assert_eq!(e.config().kind, g2po::EstimatorKind::G2po);
+    /// # Ok::<(), g2po::Error>(())
+    /// ```
+    pub fn config(&self) -> &EstimatorConfig {
+        &self.config
+    }
+
+    /// The keyer.
+    ///
+    /// ```
+    /// let e = g2po::Estimator::new(g2po::EstimatorConfig::new(g2po::EstimatorKind::G2po))?;
+    /// assert_eq!(e.keyer().key("x"), g2po::keys::StateKeyer::new().key("x"));
+    /// # Ok::<(), g2po::Error>(())
+    /// ```
+    pub fn keyer(&self) -> &StateKeyer {
+        &self.keyer
+    }
+}
+
+impl AdvantageEstimator for Estimator {
+    fn name(&self) -> &str {
+        match self.config.kind {
+            EstimatorKind::Grpo => "grpo",
+            EstimatorKind::Gigpo => "gigpo",
+            EstimatorKind::G2po => "g2po",
+        }
+    }
+
+    fn estimate_into(&self, batch: &RolloutBatch, out: &mut Advantages) -> Result<()> {
+        engine::estimate_into(&self.config, &self.keyer, batch, out)
+    }
+}
