@@ -140,6 +140,17 @@ pub enum Error {
         /// Why it is rejected.
         reason: String,
     },
+    /// An [`crate::Advantages`] column holds a value that no estimator produces
+    /// (a hand-built or mismatched output).
+    #[error("row {row}: column {column:?} of the advantages: {reason}")]
+    BadAdvantages {
+        /// Row index.
+        row: usize,
+        /// The column.
+        column: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// Similarity grouping compares anchor texts, which key-only batches lack.
     #[error("similarity grouping needs anchor text, but the batch holds precomputed keys")]
     SimilarityNeedsText,

@@ -465,6 +465,47 @@ fn graph_needs_g2po_output_and_a_known_group() {
     }
 }
 
+/// A hand-built `Advantages` with ids no estimator produces is a typed error naming
+/// the row and column, never an index panic.
+#[test]
+fn graph_of_hand_built_advantages_with_bad_ids() {
+    let batch = g2po::doc_batch(); // 4 rows, one group: hall, door | hall, wall
+    let good = estimate(EstimatorKind::G2po, Normalization::MeanStd, &batch);
+    assert!(g2po::graph::StateGraph::build(&batch, &good, 0).is_ok());
+    let cases: [(&str, fn(&mut g2po::Advantages), usize, &str); 5] = [
+        ("negative node", |a| a.node[2] = -3, 2, "node"),
+        ("node id skipping ids", |a| a.node[1] = 7, 1, "node"),
+        ("next node outside the group", |a| a.next_node[0] = 9, 0, "next_node"),
+        ("next node below the terminals", |a| a.next_node[3] = -7, 3, "next_node"),
+        ("huge node id", |a| a.node[0] = i32::MAX, 0, "node"),
+    ];
+    for (what, patch, want_row, want_column) in cases {
+        let mut adv = good.clone();
+        patch(&mut adv);
+        match g2po::graph::StateGraph::build(&batch, &adv, 0) {
+            Err(Error::BadAdvantages { row, column, .. }) => {
+                assert_eq!((row, column), (want_row, want_column), "{what}")
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // A column of the wrong length (e.g. advantages of another batch).
+    let mut short = good.clone();
+    short.advantage.pop();
+    assert!(matches!(
+        g2po::graph::StateGraph::build(&batch, &short, 0),
+        Err(Error::InvalidParameter { name: "advantages", .. })
+    ));
+    let mut hand =
+        g2po::Advantages { node: good.node.clone(), next_node: good.next_node.clone(), ..Default::default() };
+    hand.advantage = good.advantage.clone();
+    hand.node_value = good.node_value.clone();
+    assert!(matches!(
+        g2po::graph::StateGraph::build(&batch, &hand, 0),
+        Err(Error::InvalidParameter { name: "advantages", .. })
+    ));
+}
+
 // ---------------------------------------------------------------- builder atomicity
 
 #[test]

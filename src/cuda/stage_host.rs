@@ -8,7 +8,7 @@
 //! statistics); anything else is a [`CudaError::Unsupported`].
 
 use super::{CudaError, StageInputs, StageParams};
-use crate::estimators::{Advantages, EstimatorConfig, EstimatorKind, Normalization, StatsOver, terminal_value};
+use crate::estimators::{self, Advantages, EstimatorConfig, EstimatorKind, Normalization, StatsOver};
 use crate::rollout::RolloutBatch;
 
 /// Owned per-row arrays for [`StageInputs`] plus the matching [`StageParams`].
@@ -34,7 +34,8 @@ pub struct StageHost {
     pub next_node: Vec<i32>,
     /// Value of the terminal after the row (episode reward or the fixed terminal value).
     pub terminal_value: Vec<f32>,
-    /// `gamma^(T - t) * R` of the row's visit.
+    /// `gamma^(T - t) * R_term` of the row's visit, `R_term` the value of the terminal its
+    /// trajectory ends in (the same mapping as [`Self::terminal_value`]).
     pub visit_value: Vec<f32>,
     /// 1 where the action was invalid.
     pub invalid: Vec<u8>,
@@ -117,7 +118,7 @@ impl StageHost {
         }
         let reward = batch.episode_rewards();
         // The engine's own terminal mapping, so both back ends fuse the same graph.
-        let terminal_value = reward.iter().map(|&rw| terminal_value(config, rw) as f32).collect();
+        let terminal_value = reward.iter().map(|&rw| estimators::terminal_value(config, rw) as f32).collect();
         let (trajs, lens, steps) = (batch.trajectories(), batch.trajectory_lens(), batch.steps());
         let visit_value = (0..n)
             .map(|r| {
@@ -125,7 +126,7 @@ impl StageHost {
                 // Repeated multiplication, as the engine's gamma table does (powi may differ
                 // in the last bit).
                 let g = (0..remaining).fold(1.0f64, |acc, _| acc * config.gamma);
-                (g * reward[r]) as f32
+                estimators::visit_value(config, g, reward[r]) as f32
             })
             .collect();
         let invalid: Vec<u8> = batch.valid().iter().map(|&v| u8::from(!v)).collect();

@@ -20,7 +20,7 @@ macro_rules! define_columns {
         /// `step` (= node-centric + edge-centric), `node_centric`, `edge_centric`,
         /// `node` (numbered per task group in first-seen row order), `next_node` (a
         /// node, or -1 for the success terminal, -2 for the failure terminal) and
-        /// `node_value`. [`COLUMNS`] names every column.
+        /// `node_value` and `next_value`. [`COLUMNS`] names every column.
         ///
         /// ```
         /// use g2po::{AdvantageEstimator, Estimator, EstimatorConfig, EstimatorKind};
@@ -108,6 +108,9 @@ define_columns! {
     next_node: i32,
     /// G2PO pooled value V of the row's node.
     node_value: f32,
+    /// G2PO value of where the step leads: V of the next node, or the
+    /// terminal's value (the episode reward or the fixed terminal value).
+    next_value: f32,
 }
 
 impl Advantages {

@@ -1,8 +1,10 @@
 //! G2PO (SPEC 3; arXiv 2606.22995): GRPO's episode part plus a node-centric
 //! and an edge-centric term on the state graph of each task group.
 //!
-//! Visits of a node pool into its value `V(k)` = mean of `gamma^(T - t) * R`
-//! over every visit; each step is an edge to the next row's node or to a
+//! Visits of a node pool into its value `V(k)` = mean of `gamma^(T - t) * R_term`
+//! over every visit, `R_term` the value of the terminal the visit's trajectory
+//! ends in (its episode reward, or the fixed terminal value: the same
+//! mapping for visits and terminals, so the two are on one scale); each step is an edge to the next row's node or to a
 //! terminal. Node-centric: `V(k') - p * [invalid]` standardised among the rows
 //! leaving the same node (one visit: 0). Edge-centric: the TD error
 //! `V(k') - V(k)` standardised over all rows of the group (one row: 0).
@@ -24,6 +26,7 @@ pub(super) const COLUMNS: ColumnSet = ColumnSet {
     node: true,
     next_node: true,
     node_value: true,
+    next_value: true,
     ..super::grpo::COLUMNS
 };
 
@@ -39,6 +42,13 @@ pub(crate) fn terminal_value(cfg: &EstimatorConfig, episode_reward: f64) -> f64 
         TerminalValues::Fixed { success, .. } if is_success(episode_reward) => success,
         TerminalValues::Fixed { failure, .. } => failure,
     }
+}
+
+/// Value of one visit: `gamma^(T - t) * R_term`, with `discount` = `gamma^(T - t)`
+/// (computed by repeated multiplication, as every back end must, since `powi` may
+/// differ in the last bit).
+pub(crate) fn visit_value(cfg: &EstimatorConfig, discount: f64, episode_reward: f64) -> f64 {
+    discount * terminal_value(cfg, episode_reward)
 }
 
 /// Writes the node- and edge-centric terms of one group (its episode part is
@@ -68,12 +78,12 @@ pub(super) fn graph_part(
     }
     let nodes = &s.node;
     let stats = &mut s.stats;
-    // Node values: mean of gamma^(T - t) * R over every visit.
+    // Node values: mean of gamma^(T - t) * R_term over every visit.
     stats.accumulate(nodes, num_nodes as usize, |i| {
         let r = rows[i] as usize;
         let traj = b.trajectories()[r] as usize;
         let remaining = b.trajectory_lens()[traj] - b.steps()[r];
-        gamma_pow[remaining as usize] * b.episode_rewards()[r]
+        visit_value(cfg, gamma_pow[remaining as usize], b.episode_rewards()[r])
     });
     let values = &mut s.node_value;
     values.clear();
@@ -94,6 +104,7 @@ pub(super) fn graph_part(
             (node as i32, values[node as usize])
         };
         out.next_node[i] = next_node;
+        out.next_value[i] = value as f32;
         next_value.push(value);
         out.node[i] = nodes[i] as i32;
         out.node_value[i] = values[nodes[i] as usize] as f32;

@@ -34,7 +34,7 @@ mod gigpo;
 mod grpo;
 
 #[cfg_attr(not(feature = "nvrtc"), allow(unused_imports))]
-pub(crate) use g2po::terminal_value;
+pub(crate) use g2po::{terminal_value, visit_value};
 
 pub use columns::{Advantages, COLUMNS, FAILURE_TERMINAL, SUCCESS_TERMINAL};
 pub use config::{EstimatorConfig, Grouping, Normalization, StatsOver, TerminalValues};
