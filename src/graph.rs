@@ -233,7 +233,11 @@ impl StateGraph {
                     entry.0
                 }
                 _ => {
-                    return Err(bad(r, "next_node", format!("{next} is neither a node (>= 0) nor a terminal (-1, -2)")));
+                    return Err(bad(
+                        r,
+                        "next_node",
+                        format!("{next} is neither a node (>= 0) nor a terminal (-1, -2)"),
+                    ));
                 }
             };
             let edge = *edges.entry((from, to)).or_insert_with(|| {

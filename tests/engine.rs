@@ -636,3 +636,44 @@ fn gamma_change_between_calls_is_respected() {
         }
     }
 }
+
+/// A canonicaliser that runs rayon work lets the worker thread pick up another
+/// group's job while the first group is still in progress (here forced with
+/// `rayon::yield_now`); the engine's per-thread scratch must survive that re-entry.
+#[test]
+fn canonicalizer_using_rayon_re_enters_the_engine_safely() {
+    use std::borrow::Cow;
+    struct YieldingLowercase;
+    impl g2po::keys::Canonicalize for YieldingLowercase {
+        fn canonicalize<'a>(&self, text: &'a str) -> Cow<'a, str> {
+            // Runs whatever job is queued on this worker: another group of the batch.
+            let _ = rayon::yield_now();
+            let parts: Vec<String> = text.split(' ').collect::<Vec<_>>().par_iter().map(|w| w.to_lowercase()).collect();
+            Cow::Owned(parts.join(" "))
+        }
+    }
+    use rayon::prelude::*;
+    let mut b = RolloutBatch::builder();
+    for g in 0..64 {
+        let group = format!("g{g}");
+        b.push_trajectory(&group, &format!("{g}/a"), 10.0, [step("The Hall"), last("the door", 10.0)]).unwrap();
+        b.push_trajectory(&group, &format!("{g}/b"), 0.0, [step("the hall"), last("The Wall", 0.0)]).unwrap();
+    }
+    let batch = b.build().unwrap();
+    let similarity = EstimatorConfig {
+        grouping: g2po::Grouping::Similarity { threshold: 0.95 },
+        ..cfg(EstimatorKind::G2po, Normalization::MeanStd)
+    };
+    let plain = Estimator::new(similarity).unwrap().with_keyer(StateKeyer::new().with(g2po::keys::CollapseWhitespace));
+    let yielding = Estimator::new(similarity).unwrap().with_keyer(StateKeyer::new().with(YieldingLowercase));
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let adv = pool.install(|| yielding.estimate(&batch)).unwrap();
+        // Lowercasing fuses "The Hall" with "the hall": both rows of node 0 in every group.
+        for g in 0..64 {
+            assert_eq!(&adv.node[4 * g..4 * g + 4], &[0, 1, 0, 2], "group {g}");
+        }
+        let unfused = plain.estimate(&batch).unwrap();
+        assert_eq!(&unfused.node[..4], &[0, 1, 2, 3]);
+    }
+}

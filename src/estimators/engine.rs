@@ -46,7 +46,15 @@ pub(super) fn estimate_into(
     let node_counts: Vec<u32> = blocks
         .into_par_iter()
         .enumerate()
-        .map(|(group, mut block)| SCRATCH.with_borrow_mut(|scratch| ctx.process(group, &mut block, scratch)))
+        .map(|(group, mut block)| {
+            // Taken out of the thread-local, never borrowed across the group: user code
+            // (a canonicaliser, the similarity search) may run rayon work on this thread,
+            // which can start another group here; that one then gets a fresh scratch.
+            let mut scratch = SCRATCH.take();
+            let nodes = ctx.process(group, &mut block, &mut scratch);
+            SCRATCH.set(scratch);
+            nodes
+        })
         .collect();
 
     if cfg.kind == EstimatorKind::Gigpo {
@@ -99,7 +107,8 @@ fn renumber_step_groups_batch_wide(
 
 thread_local! {
     /// Each worker thread keeps its buffers across groups and across calls,
-    /// so steady-state estimation allocates nothing per group.
+    /// so steady-state estimation allocates nothing per group. Only ever
+    /// moved in and out (`take`/`set`), so a re-entrant use cannot conflict.
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
