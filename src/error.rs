@@ -47,8 +47,9 @@ pub enum Error {
         /// The offending value.
         value: f64,
     },
-    /// A reward too large in magnitude to standardise safely.
-    #[error("row {row}: field {field:?} = {value} exceeds the largest accepted magnitude (1e100)")]
+    /// A reward too large in magnitude for the results to stay finite in `f32`
+    /// (see [`crate::rollout::MAX_ABS_REWARD`]).
+    #[error("row {row}: field {field:?} = {value} exceeds the largest accepted magnitude (1e30)")]
     RewardOutOfRange {
         /// Row index in input order.
         row: usize,
@@ -56,6 +57,17 @@ pub enum Error {
         field: &'static str,
         /// The offending value.
         value: f64,
+    },
+    /// A trajectory whose summed `|reward|` exceeds [`crate::rollout::MAX_ABS_REWARD`],
+    /// so its discounted returns could leave the `f32` range.
+    #[error("row {row}: trajectory {traj:?} sums |reward| to {sum}, beyond the largest accepted magnitude (1e30)")]
+    ReturnOutOfRange {
+        /// Row index in input order (the row that crossed the bound).
+        row: usize,
+        /// Trajectory id.
+        traj: String,
+        /// The sum of `|reward|` up to and including this row.
+        sum: f64,
     },
     /// A negative token count or step index (only reachable from untyped input).
     #[error("row {row}: field {field:?} must be non-negative, got {value}")]

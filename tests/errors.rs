@@ -154,6 +154,85 @@ fn non_finite_rewards() {
     assert!(matches!(err, Error::NonFinite { row: 0, field: "episode_reward", .. }));
 }
 
+/// Results are f32: inputs and parameters whose results would overflow it are
+/// rejected with a typed error naming the row or parameter; at the accepted
+/// extremes every estimator's every column is finite.
+#[test]
+fn results_are_always_finite_f32() {
+    // Rewards beyond 1e30 (1e39 is finite in f64 but not in f32).
+    for field in ["reward", "episode_reward"] {
+        let mut b = RolloutBatch::builder();
+        b.push_step(row("g", "t", 0, "s")).unwrap();
+        let mut bad = row("g", "t", 1, "s");
+        if field == "reward" {
+            bad.reward = -1e39
+        } else {
+            bad.episode_reward = 1e39
+        }
+        match b.push_step(bad) {
+            Err(Error::RewardOutOfRange { row: 1, field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    // Each reward in range, but their sum (which bounds the discounted return) is not.
+    let mut b = RolloutBatch::builder();
+    let big = Step { reward: 6e29, ..step("s") };
+    match b.push_trajectory("g", "t", 0.0, [big, big, big]) {
+        Err(Error::ReturnOutOfRange { row: 1, traj, sum }) => assert_eq!((traj.as_str(), sum), ("t", 1.2e30)),
+        other => panic!("{other:?}"),
+    }
+    // Parameters.
+    let base = EstimatorConfig::new(EstimatorKind::G2po);
+    for (name, cfg) in [
+        ("step_weight", EstimatorConfig { step_weight: 1e308, ..base }),
+        ("step_weight", EstimatorConfig { step_weight: -2e6, ..base }),
+        ("invalid_penalty", EstimatorConfig { invalid_penalty: -1e300, ..base }),
+        ("terminal", EstimatorConfig { terminal: g2po::TerminalValues::Fixed { success: 1e31, failure: 0.0 }, ..base }),
+    ] {
+        match Estimator::new(cfg) {
+            Err(Error::InvalidParameter { name: n, .. }) => assert_eq!(n, name),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // The accepted extremes: rewards of +-1e30 summing to 1e30 per trajectory,
+    // w = 1e6, p = 1e30, gamma = 1, both modes: every column finite.
+    let mut b = RolloutBatch::builder();
+    for (t, r) in [("a", 1e30), ("b", -1e30), ("c", 1e30), ("d", 0.0)] {
+        let steps = [Step { valid: false, ..step("x") }, Step { reward: r, ..step("y") }];
+        b.push_trajectory("g", t, r, steps).unwrap();
+    }
+    b.push_trajectory("one", "e", -1e30, [Step { reward: -1e30, valid: false, ..step("z") }]).unwrap();
+    let batch = b.build().unwrap();
+    for kind in g2po::EstimatorKind::ALL {
+        for norm in NORMS {
+            for stats_over in [g2po::StatsOver::Rows, g2po::StatsOver::Trajectories] {
+                let cfg = EstimatorConfig {
+                    norm,
+                    stats_over,
+                    gamma: 1.0,
+                    step_weight: -1e6,
+                    invalid_penalty: 1e30,
+                    ..EstimatorConfig::new(kind)
+                };
+                let Ok(estimator) = Estimator::new(cfg) else { continue };
+                let adv = estimator.estimate(&batch).unwrap();
+                for (name, col) in [
+                    ("advantage", &adv.advantage),
+                    ("episode", &adv.episode),
+                    ("step", &adv.step),
+                    ("node_centric", &adv.node_centric),
+                    ("edge_centric", &adv.edge_centric),
+                    ("step_return", &adv.step_return),
+                    ("node_value", &adv.node_value),
+                    ("next_value", &adv.next_value),
+                ] {
+                    assert!(col.iter().all(|x| x.is_finite()), "{kind} {norm:?} {stats_over:?} {name}: {col:?}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn negative_response_len_and_step_in_jsonl() {
     let text = [

@@ -6,6 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use super::EstimatorKind;
 use crate::error::{Error, Result};
+use crate::rollout::MAX_ABS_REWARD;
+
+/// Largest accepted `|step_weight|`: with rewards bounded by
+/// [`MAX_ABS_REWARD`], the weighted step terms stay within the `f32` range.
+pub const MAX_ABS_STEP_WEIGHT: f64 = 1e6;
 
 /// How a score is standardised within its group.
 ///
@@ -176,11 +181,12 @@ impl EstimatorConfig {
         if !(self.epsilon.is_finite() && self.epsilon >= 0.0) {
             return bad("epsilon", "must be finite and >= 0");
         }
-        if !self.step_weight.is_finite() {
-            return bad("step_weight", "must be finite");
+        // Bounds that keep every result finite in f32 (see MAX_ABS_REWARD).
+        if !(self.step_weight.is_finite() && self.step_weight.abs() <= MAX_ABS_STEP_WEIGHT) {
+            return bad("step_weight", "must be finite with |w| <= 1e6 (results are f32)");
         }
-        if !self.invalid_penalty.is_finite() {
-            return bad("invalid_penalty", "must be finite");
+        if !(self.invalid_penalty.is_finite() && self.invalid_penalty.abs() <= MAX_ABS_REWARD) {
+            return bad("invalid_penalty", "must be finite with |p| <= 1e30 (results are f32)");
         }
         if let Grouping::Similarity { threshold } = self.grouping
             && !(0.0..=1.0).contains(&threshold)
@@ -188,9 +194,9 @@ impl EstimatorConfig {
             return bad("similarity_thresh", "must lie in [0, 1]");
         }
         if let TerminalValues::Fixed { success, failure } = self.terminal
-            && !(success.is_finite() && failure.is_finite())
+            && !([success, failure].iter().all(|v| v.is_finite() && v.abs() <= MAX_ABS_REWARD))
         {
-            return bad("terminal", "terminal values must be finite");
+            return bad("terminal", "terminal values must be finite with magnitude <= 1e30 (results are f32)");
         }
         Ok(())
     }

@@ -37,7 +37,7 @@ mod grpo;
 pub(crate) use g2po::{terminal_value, visit_value};
 
 pub use columns::{Advantages, COLUMNS, FAILURE_TERMINAL, SUCCESS_TERMINAL};
-pub use config::{EstimatorConfig, Grouping, Normalization, StatsOver, TerminalValues};
+pub use config::{EstimatorConfig, Grouping, MAX_ABS_STEP_WEIGHT, Normalization, StatsOver, TerminalValues};
 
 use columns::ColumnSet;
 use serde::{Deserialize, Serialize};
@@ -90,6 +90,13 @@ impl std::str::FromStr for EstimatorKind {
 }
 
 impl EstimatorKind {
+    /// Every estimator, in the order the documentation lists them.
+    ///
+    /// ```
+    /// assert!(g2po::EstimatorKind::ALL.contains(&g2po::EstimatorKind::G2po));
+    /// ```
+    pub const ALL: [EstimatorKind; 3] = [Self::Grpo, Self::Gigpo, Self::G2po];
+
     /// Whether the estimator fuses rows into states (needs keys or text).
     pub(crate) fn uses_states(self) -> bool {
         !matches!(self, Self::Grpo)
