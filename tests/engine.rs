@@ -653,8 +653,10 @@ fn canonicalizer_using_rayon_re_enters_the_engine_safely() {
         }
     }
     use rayon::prelude::*;
+    // More rows than the engine processes on one thread without splitting (2048),
+    // so the second half of the groups is queued while the first is processed.
     let mut b = RolloutBatch::builder();
-    for g in 0..64 {
+    for g in 0..1024 {
         let group = format!("g{g}");
         b.push_trajectory(&group, &format!("{g}/a"), 10.0, [step("The Hall"), last("the door", 10.0)]).unwrap();
         b.push_trajectory(&group, &format!("{g}/b"), 0.0, [step("the hall"), last("The Wall", 0.0)]).unwrap();
@@ -670,7 +672,7 @@ fn canonicalizer_using_rayon_re_enters_the_engine_safely() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         let adv = pool.install(|| yielding.estimate(&batch)).unwrap();
         // Lowercasing fuses "The Hall" with "the hall": both rows of node 0 in every group.
-        for g in 0..64 {
+        for g in 0..1024 {
             assert_eq!(&adv.node[4 * g..4 * g + 4], &[0, 1, 0, 2], "group {g}");
         }
         let unfused = plain.estimate(&batch).unwrap();

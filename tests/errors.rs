@@ -551,7 +551,8 @@ fn graph_of_hand_built_advantages_with_bad_ids() {
     let batch = g2po::doc_batch(); // 4 rows, one group: hall, door | hall, wall
     let good = estimate(EstimatorKind::G2po, Normalization::MeanStd, &batch);
     assert!(g2po::graph::StateGraph::build(&batch, &good, 0).is_ok());
-    let cases: [(&str, fn(&mut g2po::Advantages), usize, &str); 5] = [
+    type Patch = fn(&mut g2po::Advantages);
+    let cases: [(&str, Patch, usize, &str); 5] = [
         ("negative node", |a| a.node[2] = -3, 2, "node"),
         ("node id skipping ids", |a| a.node[1] = 7, 1, "node"),
         ("next node outside the group", |a| a.next_node[0] = 9, 0, "next_node"),

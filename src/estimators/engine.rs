@@ -6,6 +6,7 @@
 //! through a [`GroupContext`] and that group's output [`Block`].
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use ahash::AHashMap;
 use rayon::prelude::*;
@@ -17,12 +18,34 @@ use crate::keys::StateKeyer;
 use crate::keys::similarity;
 use crate::rollout::{Anchor, RolloutBatch};
 
+/// Batch-wide buffers of one [`super::Estimator`], kept across calls so that a
+/// call with the shapes of an earlier one allocates nothing.
+#[derive(Debug, Default)]
+pub(super) struct Workspace {
+    /// State keys of a text batch.
+    keys: Vec<u64>,
+    /// Position of each row within its group's block (non-contiguous batches).
+    row_pos: Vec<u32>,
+    /// Nodes / step groups per task group.
+    node_counts: Vec<u32>,
+    /// GiGPO's batch-wide renumbering: first global id of each group, id map.
+    base: Vec<usize>,
+    global: Vec<u32>,
+    /// Spare columns for the scatter into row order.
+    scatter: ScatterBuffers,
+}
+
+/// Groups whose rows add up to at most this many are processed one after the
+/// other on one thread: splitting finer costs more than it gains.
+const SEQUENTIAL_ROWS: usize = 2048;
+
 /// Runs the estimator described by `cfg` over `batch` into `out`.
 pub(super) fn estimate_into(
     cfg: &EstimatorConfig,
     keyer: &StateKeyer,
     batch: &RolloutBatch,
     out: &mut Advantages,
+    ws: &mut Workspace,
 ) -> Result<()> {
     let uses_states = cfg.kind.uses_states();
     let similarity = match cfg.grouping {
@@ -34,47 +57,76 @@ pub(super) fn estimate_into(
         }
         _ => None,
     };
-    let keys: Cow<'_, [u64]> =
-        if uses_states && similarity.is_none() { keyer.batch_keys(batch) } else { Cow::Borrowed(&[]) };
-    let row_pos = (!batch.groups_contiguous()).then(|| positions_in_group(batch));
-    let ctx = GroupContext { batch, cfg, keys: &keys, similarity, keyer, row_pos: row_pos.as_deref() };
+    let Workspace { keys, row_pos, node_counts, base, global, scatter } = ws;
+    let keys: &[u64] = match batch.keys() {
+        _ if !uses_states || similarity.is_some() => &[],
+        Some(own) => own,
+        None => {
+            keys.resize(batch.len(), 0);
+            keys.par_iter_mut().with_min_len(1024).enumerate().for_each(|(row, key)| {
+                if let Anchor::Text(text) = batch.anchor(row) {
+                    *key = keyer.key(text);
+                }
+            });
+            keys
+        }
+    };
+    let contiguous = batch.groups_contiguous();
+    if !contiguous {
+        positions_in_group(batch, row_pos);
+    }
+    let row_pos = (!contiguous).then_some(row_pos.as_slice());
+    let ctx = GroupContext { batch, cfg, keys, similarity, keyer, row_pos };
 
     out.reshape(cfg.kind.columns(), batch.len());
-    let offsets = batch.group_offsets();
-    let mut rest = out.whole();
-    let blocks: Vec<Block<'_>> = offsets.windows(2).map(|w| rest.split_off_front(w[1] - w[0])).collect();
-    let node_counts: Vec<u32> = blocks
-        .into_par_iter()
-        .enumerate()
-        .map(|(group, mut block)| {
-            // Taken out of the thread-local, never borrowed across the group: user code
-            // (a canonicaliser, the similarity search) may run rayon work on this thread,
-            // which can start another group here; that one then gets a fresh scratch.
-            let mut scratch = SCRATCH.take();
-            let nodes = ctx.process(group, &mut block, &mut scratch);
-            SCRATCH.set(scratch);
-            nodes
-        })
-        .collect();
+    node_counts.clear();
+    node_counts.resize(batch.num_groups(), 0);
+    process_groups(&ctx, 0..batch.num_groups(), out.whole(), node_counts);
 
     if cfg.kind == EstimatorKind::Gigpo {
-        renumber_step_groups_batch_wide(batch, &mut out.node, &node_counts, row_pos.as_deref());
+        renumber_step_groups_batch_wide(batch, &mut out.node, node_counts, row_pos, base, global);
     }
-    if !batch.groups_contiguous() {
-        out.scatter_to_rows(batch.rows_by_group(), &mut ScatterBuffers::default());
+    if !contiguous {
+        out.scatter_to_rows(batch.rows_by_group(), scatter);
     }
     Ok(())
 }
 
+/// Computes the groups `groups`, whose output rows are `block`, splitting the
+/// range in halves over rayon (`rayon::join` needs no allocation, unlike a
+/// collected list of blocks).
+fn process_groups(ctx: &GroupContext<'_>, groups: Range<usize>, mut block: Block<'_>, counts: &mut [u32]) {
+    let offsets = ctx.batch.group_offsets();
+    if groups.len() == 1 || offsets[groups.end] - offsets[groups.start] <= SEQUENTIAL_ROWS {
+        for (group, count) in groups.zip(counts) {
+            let mut own = block.split_off_front(offsets[group + 1] - offsets[group]);
+            // Taken out of the thread-local, never borrowed across the group: user code
+            // (a canonicaliser, the similarity search) may run rayon work on this thread,
+            // which can start another group here; that one then gets a fresh scratch.
+            let mut scratch = SCRATCH.take();
+            *count = ctx.process(group, &mut own, &mut scratch);
+            SCRATCH.set(scratch);
+        }
+        return;
+    }
+    let mid = groups.start + groups.len() / 2;
+    let front = block.split_off_front(offsets[mid] - offsets[groups.start]);
+    let (front_counts, back_counts) = counts.split_at_mut(mid - groups.start);
+    rayon::join(
+        || process_groups(ctx, groups.start..mid, front, front_counts),
+        || process_groups(ctx, mid..groups.end, block, back_counts),
+    );
+}
+
 /// Position of each row within its group's CSR block (non-contiguous batches).
-fn positions_in_group(batch: &RolloutBatch) -> Vec<u32> {
-    let mut pos = vec![0u32; batch.len()];
+fn positions_in_group(batch: &RolloutBatch, pos: &mut Vec<u32>) {
+    pos.clear();
+    pos.resize(batch.len(), 0);
     for g in 0..batch.num_groups() {
         for (i, &row) in batch.group_rows(g).iter().enumerate() {
             pos[row as usize] = i as u32;
         }
     }
-    pos
 }
 
 /// GiGPO's step groups are numbered per batch in first-seen row order; the
@@ -84,14 +136,17 @@ fn renumber_step_groups_batch_wide(
     node: &mut [i32],
     node_counts: &[u32],
     row_pos: Option<&[u32]>,
+    base: &mut Vec<usize>,
+    global: &mut Vec<u32>,
 ) {
     let offsets = batch.group_offsets();
-    let mut base = Vec::with_capacity(node_counts.len() + 1);
+    base.clear();
     base.push(0usize);
     for &c in node_counts {
-        base.push(base.last().unwrap() + c as usize);
+        base.push(base[base.len() - 1] + c as usize);
     }
-    let mut global = vec![u32::MAX; *base.last().unwrap()];
+    global.clear();
+    global.resize(base[base.len() - 1], u32::MAX);
     let mut next_id = 0u32;
     for (row, &g) in batch.groups().iter().enumerate() {
         let g = g as usize;
@@ -109,11 +164,11 @@ thread_local! {
     /// Each worker thread keeps its buffers across groups and across calls,
     /// so steady-state estimation allocates nothing per group. Only ever
     /// moved in and out (`take`/`set`), so a re-entrant use cannot conflict.
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
 }
 
 /// Per-thread buffers (see [`SCRATCH`]).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct Scratch {
     pub(super) node_of_key: AHashMap<u64, u32>,
     pub(super) node: Vec<u32>,
@@ -128,7 +183,7 @@ pub(super) struct Scratch {
 }
 
 /// Per-node count, sum, mean and unbiased std of a per-row quantity.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct NodeStats {
     pub(super) sum: Vec<f64>,
     pub(super) count: Vec<u32>,

@@ -39,6 +39,8 @@ pub(crate) use g2po::{terminal_value, visit_value};
 pub use columns::{Advantages, COLUMNS, FAILURE_TERMINAL, SUCCESS_TERMINAL};
 pub use config::{EstimatorConfig, Grouping, MAX_ABS_STEP_WEIGHT, Normalization, StatsOver, TerminalValues};
 
+use std::sync::Mutex;
+
 use columns::ColumnSet;
 use serde::{Deserialize, Serialize};
 
@@ -130,8 +132,14 @@ pub trait AdvantageEstimator: Send + Sync {
     /// Short name ("grpo", "gigpo", "g2po", ...).
     fn name(&self) -> &str;
     /// Per-row advantages of a batch, written into `out`, whose buffers are
-    /// reused: a trainer that keeps one `Advantages` allocates nothing per
-    /// step once the buffers have grown. On error `out` is unspecified.
+    /// reused. For the built-in [`Estimator`] with exact keys (precomputed, or
+    /// text hashed by a keyer whose canonicalisers borrow), a trainer that
+    /// keeps one `Estimator` and one `Advantages` allocates nothing per step
+    /// once the buffers have met the batch's shapes: on one worker thread, the
+    /// second call with the same shapes allocates nothing (measured in
+    /// `tests/allocations.rs`); in a larger pool, each worker's scratch grows
+    /// on the first groups it processes. Similarity grouping allocates per
+    /// group (its matchers). On error `out` is unspecified.
     fn estimate_into(&self, batch: &RolloutBatch, out: &mut Advantages) -> Result<()>;
 
     /// Per-row advantages of a batch, in new buffers.
@@ -155,6 +163,8 @@ pub trait AdvantageEstimator: Send + Sync {
 pub struct Estimator {
     config: EstimatorConfig,
     keyer: StateKeyer,
+    /// Batch-wide buffers reused across calls (a concurrent call uses its own).
+    workspace: Mutex<engine::Workspace>,
 }
 
 impl Estimator {
@@ -167,7 +177,7 @@ impl Estimator {
     /// ```
     pub fn new(config: EstimatorConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Self { config, keyer: StateKeyer::new() })
+        Ok(Self { config, keyer: StateKeyer::new(), workspace: Mutex::default() })
     }
 
     /// Replaces the keyer that turns anchor text into state keys.
@@ -215,6 +225,14 @@ impl AdvantageEstimator for Estimator {
     }
 
     fn estimate_into(&self, batch: &RolloutBatch, out: &mut Advantages) -> Result<()> {
-        engine::estimate_into(&self.config, &self.keyer, batch, out)
+        // A second thread estimating with the same estimator at the same time
+        // gets its own buffers instead of waiting.
+        let mut own = None;
+        let mut guard = self.workspace.try_lock().ok();
+        let ws = match guard.as_deref_mut() {
+            Some(ws) => ws,
+            None => own.insert(engine::Workspace::default()),
+        };
+        engine::estimate_into(&self.config, &self.keyer, batch, out, ws)
     }
 }
