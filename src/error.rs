@@ -163,6 +163,25 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A task group with fewer rows than the estimator needs (GRPO pass@k needs two).
+    #[error("group {group:?} has {rows} row(s); the estimator needs at least {needed}")]
+    GroupTooSmall {
+        /// Group id.
+        group: String,
+        /// Its rows.
+        rows: usize,
+        /// The minimum.
+        needed: usize,
+    },
+    /// A batch with fewer response tokens than the estimator needs (REINFORCE++-baseline
+    /// whitens over the tokens with an unbiased variance, which needs two).
+    #[error("the batch has {found} response token(s); the estimator needs at least {needed}")]
+    TooFewTokens {
+        /// Response tokens in the batch.
+        found: usize,
+        /// The minimum.
+        needed: usize,
+    },
     /// Similarity grouping compares anchor texts, which key-only batches lack.
     #[error("similarity grouping needs anchor text, but the batch holds precomputed keys")]
     SimilarityNeedsText,

@@ -463,6 +463,7 @@ fn write_jsonl_parses_back_and_compares() {
                 assert_eq!(rows[3]["node"], 2);
                 assert!(rows[0].get("node_value").is_some() && rows[0].get("edge_centric").is_some());
             }
+            other => unreachable!("{other} is not in this test"),
         }
         // Against itself: exact up to the parse rounding of the f64 text.
         let c = g2po::io::compare(&adv, &rows);

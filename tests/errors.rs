@@ -196,14 +196,20 @@ fn results_are_always_finite_f32() {
     }
     // The accepted extremes: rewards of +-1e30 summing to 1e30 per trajectory,
     // w = 1e6, p = 1e30, gamma = 1, both modes: every column finite.
-    let mut b = RolloutBatch::builder();
-    for (t, r) in [("a", 1e30), ("b", -1e30), ("c", 1e30), ("d", 0.0)] {
-        let steps = [Step { valid: false, ..step("x") }, Step { reward: r, ..step("y") }];
-        b.push_trajectory("g", t, r, steps).unwrap();
-    }
-    b.push_trajectory("one", "e", -1e30, [Step { reward: -1e30, valid: false, ..step("z") }]).unwrap();
-    let batch = b.build().unwrap();
+    let extremes = |one_row_group: bool| {
+        let mut b = RolloutBatch::builder();
+        for (t, r) in [("a", 1e30), ("b", -1e30), ("c", 1e30), ("d", 0.0)] {
+            let steps = [Step { valid: false, ..step("x") }, Step { reward: r, ..step("y") }];
+            b.push_trajectory("g", t, r, steps).unwrap();
+        }
+        if one_row_group {
+            b.push_trajectory("one", "e", -1e30, [Step { reward: -1e30, valid: false, ..step("z") }]).unwrap();
+        }
+        b.build().unwrap()
+    };
     for kind in g2po::EstimatorKind::ALL {
+        // pass@k needs two rows per group.
+        let batch = extremes(kind != EstimatorKind::GrpoPassk);
         for norm in NORMS {
             for stats_over in [g2po::StatsOver::Rows, g2po::StatsOver::Trajectories] {
                 let cfg = EstimatorConfig {

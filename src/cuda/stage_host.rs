@@ -4,7 +4,7 @@
 //! the engine's [`Advantages`] already carries them, numbered per task group. This module turns
 //! a batch plus that output into the flat, globally numbered arrays the GPU stages consume, so
 //! the GPU path reuses exactly the engine's state fusion. Only what the kernels support is
-//! accepted: G2PO with episode statistics over rows (the kernels have no per-trajectory
+//! accepted: G2PO (or G2PO on the history tree) with episode statistics over rows (the kernels have no per-trajectory
 //! statistics); anything else is a [`CudaError::Unsupported`].
 
 use super::{CudaError, StageInputs, StageParams};
@@ -52,7 +52,8 @@ impl StageHost {
     /// node ids) and the configuration `config` it was computed with.
     ///
     /// # Errors
-    /// [`CudaError::Unsupported`] unless `config` is G2PO with `stats_over = rows`;
+    /// [`CudaError::Unsupported`] unless `config` is G2PO or G2PO on the history tree with
+    /// `stats_over = rows`;
     /// [`CudaError::InvalidInput`] when `adv` does not belong to `batch` (lengths, missing
     /// node columns, a next node outside its group's range) or `config` is invalid.
     ///
@@ -67,8 +68,10 @@ impl StageHost {
     /// ```
     pub fn from_batch(batch: &RolloutBatch, adv: &Advantages, config: &EstimatorConfig) -> Result<Self, CudaError> {
         let bad = |m: String| Err(CudaError::InvalidInput(m));
-        if config.kind != EstimatorKind::G2po {
-            return Err(CudaError::Unsupported(format!("GPU stages compute G2PO, not {}", config.kind)));
+        // The history tree only changes the node ids, which come from `adv`; the Bellman
+        // backup's values are not what the stages compute (Monte-Carlo means).
+        if !matches!(config.kind, EstimatorKind::G2po | EstimatorKind::G2poTree) {
+            return Err(CudaError::Unsupported(format!("GPU stages compute G2PO (or g2po_tree), not {}", config.kind)));
         }
         if config.stats_over != StatsOver::Rows {
             return Err(CudaError::Unsupported(

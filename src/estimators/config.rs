@@ -114,7 +114,7 @@ pub enum TerminalValues {
     },
 }
 
-/// Every option of the three estimators (SPEC sections 1-3). Fields that an
+/// Every option of the estimators (SPEC sections 1-3, 7, 8). Fields that an
 /// estimator does not use are ignored by it.
 ///
 /// ```
@@ -187,6 +187,9 @@ impl EstimatorConfig {
         }
         if !(self.invalid_penalty.is_finite() && self.invalid_penalty.abs() <= MAX_ABS_REWARD) {
             return bad("invalid_penalty", "must be finite with |p| <= 1e30 (results are f32)");
+        }
+        if self.kind == EstimatorKind::GrpoPassk && self.stats_over != StatsOver::Rows {
+            return bad("stats_over", "grpo_passk compares rows (verl's reading): stats_over must be rows");
         }
         if let Grouping::Similarity { threshold } = self.grouping
             && !(0.0..=1.0).contains(&threshold)

@@ -12,7 +12,11 @@ use ahash::AHashMap;
 use rayon::prelude::*;
 
 use super::columns::{Block, ScatterBuffers};
-use super::{Advantages, EstimatorConfig, EstimatorKind, Grouping, Normalization, g2po, gigpo, grpo};
+use super::g2po_bellman::BellmanScratch;
+use super::{
+    Advantages, EstimatorConfig, EstimatorKind, Grouping, Normalization, g2po, g2po_tree, gigpo, grpo, grpo_passk,
+    reinforce_plus_plus_baseline, rloo,
+};
 use crate::error::{Error, Result};
 use crate::keys::StateKeyer;
 use crate::keys::similarity;
@@ -57,6 +61,11 @@ pub(super) fn estimate_into(
         }
         _ => None,
     };
+    match cfg.kind {
+        EstimatorKind::GrpoPassk => grpo_passk::check(batch)?,
+        EstimatorKind::ReinforcePlusPlusBaseline => reinforce_plus_plus_baseline::check(batch)?,
+        _ => {}
+    }
     let Workspace { keys, row_pos, node_counts, base, global, scatter } = ws;
     let keys: &[u64] = match batch.keys() {
         _ if !uses_states || similarity.is_some() => &[],
@@ -83,6 +92,11 @@ pub(super) fn estimate_into(
     node_counts.resize(batch.num_groups(), 0);
     process_groups(&ctx, 0..batch.num_groups(), out.whole(), node_counts);
 
+    if cfg.kind == EstimatorKind::ReinforcePlusPlusBaseline {
+        // Still in group (CSR) order: take the response lengths in that order.
+        let lens = batch.rows_by_group().iter().map(|&r| batch.response_lens()[r as usize]);
+        reinforce_plus_plus_baseline::whiten(&out.episode, lens, &mut out.advantage);
+    }
     if cfg.kind == EstimatorKind::Gigpo {
         renumber_step_groups_batch_wide(batch, &mut out.node, node_counts, row_pos, base, global);
     }
@@ -180,6 +194,10 @@ pub(super) struct Scratch {
     pub(super) gamma_pow: Vec<f64>,
     /// The gamma `gamma_pow` was built for (scratch outlives one estimate).
     pub(super) gamma_pow_base: f64,
+    /// Path keys of the history tree.
+    pub(super) path: Vec<u64>,
+    /// The Bellman solvers' buffers.
+    pub(super) bellman: BellmanScratch,
 }
 
 /// Per-node count, sum, mean and unbiased std of a per-row quantity.
@@ -281,23 +299,30 @@ impl GroupContext<'_> {
     /// Computes one group's columns; returns its number of nodes/step groups.
     fn process(&self, group: usize, out: &mut Block<'_>, s: &mut Scratch) -> u32 {
         let rows = self.batch.group_rows(group);
-        grpo::episode(self, rows, out, s);
+        match self.cfg.kind {
+            EstimatorKind::Rloo => rloo::advantage(self, rows, out, s),
+            EstimatorKind::ReinforcePlusPlusBaseline => reinforce_plus_plus_baseline::baseline(self, rows, out, s),
+            EstimatorKind::GrpoPassk => grpo_passk::advantage(self, rows, out),
+            _ => grpo::episode(self, rows, out, s),
+        }
         if !self.cfg.kind.uses_states() {
             return 0;
         }
         let num_nodes = self.assign_nodes(rows, s);
         let start = rows[0];
-        match self.cfg.kind {
-            EstimatorKind::Gigpo => gigpo::step_part(self, rows, start, num_nodes, out, s),
-            EstimatorKind::G2po => g2po::graph_part(self, rows, start, num_nodes, out, s),
-            EstimatorKind::Grpo => unreachable!("GRPO uses no states"),
+        if self.cfg.kind == EstimatorKind::Gigpo {
+            gigpo::step_part(self, rows, start, num_nodes, out, s);
+        } else {
+            g2po::graph_part(self, rows, start, num_nodes, out, s);
         }
         num_nodes
     }
 
-    /// Dense node ids in first-seen row order into `s.node`.
+    /// Dense node ids in first-seen row order into `s.node`: states by exact key
+    /// or similarity cluster; for the history tree, states with their paths.
     fn assign_nodes(&self, rows: &[u32], s: &mut Scratch) -> u32 {
         s.node.clear();
+        let tree = self.cfg.kind == EstimatorKind::G2poTree;
         if let Some(threshold) = self.similarity {
             let texts: Vec<Cow<'_, str>> = rows
                 .iter()
@@ -307,13 +332,27 @@ impl GroupContext<'_> {
                 })
                 .collect();
             let (ids, n) = similarity::cluster(texts.iter().map(|t| t.as_ref()), threshold);
-            s.node.extend(ids);
-            return n;
+            if !tree {
+                s.node.extend(ids);
+                return n;
+            }
+            s.path.clear();
+            s.path.extend(ids.iter().map(|&c| u64::from(c)));
+        } else if tree {
+            s.path.clear();
+            s.path.extend(rows.iter().map(|&r| self.keys[r as usize]));
         }
+        let keys: &[u64] = if tree {
+            g2po_tree::path_keys(self, rows, &mut s.path);
+            &s.path
+        } else {
+            &[]
+        };
         s.node_of_key.clear();
-        for &r in rows {
+        for (i, &r) in rows.iter().enumerate() {
+            let key = if tree { keys[i] } else { self.keys[r as usize] };
             let next = s.node_of_key.len() as u32;
-            let id = *s.node_of_key.entry(self.keys[r as usize]).or_insert(next);
+            let id = *s.node_of_key.entry(key).or_insert(next);
             s.node.push(id);
         }
         s.node_of_key.len() as u32

@@ -15,7 +15,7 @@
 
 use super::columns::{Block, ColumnSet, FAILURE_TERMINAL, SUCCESS_TERMINAL};
 use super::engine::{GroupContext, Scratch, mean_std};
-use super::{EstimatorConfig, TerminalValues};
+use super::{EstimatorConfig, EstimatorKind, TerminalValues, g2po_bellman};
 use crate::rollout::NO_NEXT;
 
 /// The columns G2PO fills.
@@ -52,7 +52,8 @@ pub(crate) fn visit_value(cfg: &EstimatorConfig, discount: f64, episode_reward: 
 }
 
 /// Writes the node- and edge-centric terms of one group (its episode part is
-/// already in `out`).
+/// already in `out`). Node values are the Monte-Carlo means, or the Bellman
+/// backup for [`EstimatorKind::G2poBellman`].
 pub(super) fn graph_part(
     ctx: &GroupContext<'_>,
     rows: &[u32],
@@ -63,51 +64,67 @@ pub(super) fn graph_part(
 ) {
     let b = ctx.batch;
     let cfg = ctx.cfg;
-    let gamma_pow = &mut s.gamma_pow;
-    if gamma_pow.is_empty() || s.gamma_pow_base.to_bits() != cfg.gamma.to_bits() {
-        gamma_pow.clear();
-        gamma_pow.push(1.0);
-        s.gamma_pow_base = cfg.gamma;
-    }
-    for &r in rows {
-        let traj = b.trajectories()[r as usize] as usize;
-        let len = b.trajectory_lens()[traj] as usize;
-        while gamma_pow.len() <= len {
-            gamma_pow.push(gamma_pow[gamma_pow.len() - 1] * cfg.gamma);
-        }
-    }
-    let nodes = &s.node;
-    let stats = &mut s.stats;
-    // Node values: mean of gamma^(T - t) * R_term over every visit.
-    stats.accumulate(nodes, num_nodes as usize, |i| {
-        let r = rows[i] as usize;
-        let traj = b.trajectories()[r] as usize;
-        let remaining = b.trajectory_lens()[traj] - b.steps()[r];
-        visit_value(cfg, gamma_pow[remaining as usize], b.episode_rewards()[r])
-    });
-    let values = &mut s.node_value;
-    values.clear();
-    values.extend_from_slice(&stats.mean);
+    let Scratch {
+        node: nodes, value: next_value, node_value: values, stats, gamma_pow, gamma_pow_base, bellman, ..
+    } = s;
 
-    // Value of where each step leads: the next row's node or a terminal.
-    let next_value = &mut s.value;
+    // Where each step leads: the next row's node, or a terminal and its value.
     next_value.clear();
     for (i, &r) in rows.iter().enumerate() {
         let r = r as usize;
         let next = b.next_rows()[r];
-        let (next_node, value) = if next == NO_NEXT {
+        if next == NO_NEXT {
             let reward = b.episode_rewards()[r];
-            let terminal = if is_success(reward) { SUCCESS_TERMINAL } else { FAILURE_TERMINAL };
-            (terminal, terminal_value(cfg, reward))
+            out.next_node[i] = if is_success(reward) { SUCCESS_TERMINAL } else { FAILURE_TERMINAL };
+            next_value.push(terminal_value(cfg, reward));
         } else {
-            let node = nodes[ctx.pos(next, start)];
-            (node as i32, values[node as usize])
-        };
-        out.next_node[i] = next_node;
-        out.next_value[i] = value as f32;
-        next_value.push(value);
-        out.node[i] = nodes[i] as i32;
-        out.node_value[i] = values[nodes[i] as usize] as f32;
+            out.next_node[i] = nodes[ctx.pos(next, start)] as i32;
+            next_value.push(0.0); // the node's value, once known
+        }
+    }
+
+    if cfg.kind == EstimatorKind::G2poBellman {
+        g2po_bellman::solve(
+            g2po_bellman::DEFAULT_METHOD,
+            cfg.gamma,
+            num_nodes as usize,
+            nodes,
+            out.next_node,
+            next_value,
+            bellman,
+            values,
+        );
+    } else {
+        if gamma_pow.is_empty() || gamma_pow_base.to_bits() != cfg.gamma.to_bits() {
+            gamma_pow.clear();
+            gamma_pow.push(1.0);
+            *gamma_pow_base = cfg.gamma;
+        }
+        for &r in rows {
+            let traj = b.trajectories()[r as usize] as usize;
+            let len = b.trajectory_lens()[traj] as usize;
+            while gamma_pow.len() <= len {
+                gamma_pow.push(gamma_pow[gamma_pow.len() - 1] * cfg.gamma);
+            }
+        }
+        // Node values: mean of gamma^(T - t) * R_term over every visit.
+        stats.accumulate(nodes, num_nodes as usize, |i| {
+            let r = rows[i] as usize;
+            let traj = b.trajectories()[r] as usize;
+            let remaining = b.trajectory_lens()[traj] - b.steps()[r];
+            visit_value(cfg, gamma_pow[remaining as usize], b.episode_rewards()[r])
+        });
+        values.clear();
+        values.extend_from_slice(&stats.mean);
+    }
+
+    for (i, &k) in nodes.iter().enumerate() {
+        if out.next_node[i] >= 0 {
+            next_value[i] = values[out.next_node[i] as usize];
+        }
+        out.next_value[i] = next_value[i] as f32;
+        out.node[i] = k as i32;
+        out.node_value[i] = values[k as usize] as f32;
     }
 
     // Edge-centric: TD error standardised over the whole group graph.

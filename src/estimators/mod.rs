@@ -1,4 +1,6 @@
-//! The advantage estimators — GRPO, GiGPO and G2PO — behind one interface.
+//! The advantage estimators behind one interface: GRPO, GiGPO and G2PO (the
+//! references), G2PO on the history tree and with a Bellman backup (SPEC 8),
+//! and verl's RLOO, REINFORCE++-baseline and GRPO pass@k (SPEC 7).
 //!
 //! Every estimator works group by group: a task group's rows never influence
 //! another group, so groups are processed in parallel (rayon) and each group
@@ -20,8 +22,10 @@
 //!
 //! ## Layout
 //!
-//! One file per estimator holds its formulas ([`grpo`](self) in `grpo.rs`,
-//! `gigpo.rs`, `g2po.rs`); `config.rs` the options they share; `columns.rs`
+//! One file per estimator holds its formulas, named after the estimator
+//! (`grpo.rs`, `gigpo.rs`, `g2po.rs`, `g2po_tree.rs`, `g2po_bellman.rs`,
+//! `rloo.rs`, `reinforce_plus_plus_baseline.rs`, `grpo_passk.rs`);
+//! `config.rs` the options they share; `columns.rs`
 //! the output columns, listed once; `engine.rs` what every estimator needs
 //! around its formulas (state grouping, dense node ids, per-thread scratch,
 //! the parallel pass over groups, the scatter back into row order).
@@ -30,14 +34,20 @@ mod columns;
 mod config;
 mod engine;
 mod g2po;
+mod g2po_bellman;
+mod g2po_tree;
 mod gigpo;
 mod grpo;
+mod grpo_passk;
+mod reinforce_plus_plus_baseline;
+mod rloo;
 
 #[cfg_attr(not(feature = "nvrtc"), allow(unused_imports))]
 pub(crate) use g2po::{terminal_value, visit_value};
 
 pub use columns::{Advantages, COLUMNS, FAILURE_TERMINAL, SUCCESS_TERMINAL};
 pub use config::{EstimatorConfig, Grouping, MAX_ABS_STEP_WEIGHT, Normalization, StatsOver, TerminalValues};
+pub use g2po_bellman::{BellmanMethod, bellman_values};
 
 use std::sync::Mutex;
 
@@ -48,15 +58,18 @@ use crate::error::{Error, Result};
 use crate::keys::StateKeyer;
 use crate::rollout::RolloutBatch;
 
-/// Which estimator.
+/// Which estimator. Each has one file in `src/estimators/` named after it.
 ///
 /// ```
 /// use g2po::EstimatorKind;
 /// assert_eq!("g2po".parse::<EstimatorKind>().unwrap(), EstimatorKind::G2po);
 /// assert_eq!(EstimatorKind::Gigpo.to_string(), "gigpo");
+/// // verl's names, with `-` accepted for `_`.
+/// assert_eq!("reinforce-plus-plus-baseline".parse::<EstimatorKind>().unwrap(), EstimatorKind::ReinforcePlusPlusBaseline);
+/// assert_eq!(EstimatorKind::GrpoPassk.to_string(), "grpo_passk");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum EstimatorKind {
     /// Trajectory-level group normalisation (DeepSeekMath, verl).
     Grpo,
@@ -64,31 +77,19 @@ pub enum EstimatorKind {
     Gigpo,
     /// GRPO plus node- and edge-centric terms on the state graph (arXiv 2606.22995).
     G2po,
-}
-
-impl std::fmt::Display for EstimatorKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Grpo => "grpo",
-            Self::Gigpo => "gigpo",
-            Self::G2po => "g2po",
-        })
-    }
-}
-
-impl std::str::FromStr for EstimatorKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "grpo" => Ok(Self::Grpo),
-            "gigpo" => Ok(Self::Gigpo),
-            "g2po" => Ok(Self::G2po),
-            other => Err(Error::InvalidParameter {
-                name: "estimator",
-                reason: format!("unknown estimator {other:?} (expected grpo, gigpo or g2po)"),
-            }),
-        }
-    }
+    /// G2PO on the history tree: a node is a state with the path that led to
+    /// it, so rollouts share nodes only along a common prefix (SPEC 8).
+    G2poTree,
+    /// G2PO whose node values are the Bellman backup over the fused graph
+    /// instead of the Monte-Carlo mean of the visits (SPEC 8).
+    G2poBellman,
+    /// REINFORCE leave-one-out: the row score minus the mean of the others (arXiv 2402.14740).
+    Rloo,
+    /// REINFORCE++ with a group-mean baseline, whitened over the batch's
+    /// response tokens (arXiv 2501.03262).
+    ReinforcePlusPlusBaseline,
+    /// GRPO pass@k: only the best row of a group gets an advantage (arXiv 2503.19595).
+    GrpoPassk,
 }
 
 impl EstimatorKind {
@@ -96,12 +97,40 @@ impl EstimatorKind {
     ///
     /// ```
     /// assert!(g2po::EstimatorKind::ALL.contains(&g2po::EstimatorKind::G2po));
+    /// assert_eq!(g2po::EstimatorKind::ALL.len(), 8);
     /// ```
-    pub const ALL: [EstimatorKind; 3] = [Self::Grpo, Self::Gigpo, Self::G2po];
+    pub const ALL: [EstimatorKind; 8] = [
+        Self::Grpo,
+        Self::Gigpo,
+        Self::G2po,
+        Self::G2poTree,
+        Self::G2poBellman,
+        Self::Rloo,
+        Self::ReinforcePlusPlusBaseline,
+        Self::GrpoPassk,
+    ];
+
+    /// The estimator's name (verl's name where verl has one).
+    ///
+    /// ```
+    /// assert_eq!(g2po::EstimatorKind::Rloo.name(), "rloo");
+    /// ```
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Grpo => "grpo",
+            Self::Gigpo => "gigpo",
+            Self::G2po => "g2po",
+            Self::G2poTree => "g2po_tree",
+            Self::G2poBellman => "g2po_bellman",
+            Self::Rloo => "rloo",
+            Self::ReinforcePlusPlusBaseline => "reinforce_plus_plus_baseline",
+            Self::GrpoPassk => "grpo_passk",
+        }
+    }
 
     /// Whether the estimator fuses rows into states (needs keys or text).
     pub(crate) fn uses_states(self) -> bool {
-        !matches!(self, Self::Grpo)
+        matches!(self, Self::Gigpo | Self::G2po | Self::G2poTree | Self::G2poBellman)
     }
 
     /// The output columns the estimator fills.
@@ -109,8 +138,31 @@ impl EstimatorKind {
         match self {
             Self::Grpo => grpo::COLUMNS,
             Self::Gigpo => gigpo::COLUMNS,
-            Self::G2po => g2po::COLUMNS,
+            Self::G2po | Self::G2poTree | Self::G2poBellman => g2po::COLUMNS,
+            Self::Rloo => rloo::COLUMNS,
+            Self::ReinforcePlusPlusBaseline => reinforce_plus_plus_baseline::COLUMNS,
+            Self::GrpoPassk => grpo_passk::COLUMNS,
         }
+    }
+}
+
+impl std::fmt::Display for EstimatorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for EstimatorKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let wanted = s.to_ascii_lowercase().replace('-', "_");
+        Self::ALL.into_iter().find(|k| k.name() == wanted).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+            Error::InvalidParameter {
+                name: "estimator",
+                reason: format!("unknown estimator {s:?} (expected one of {})", names.join(", ")),
+            }
+        })
     }
 }
 
@@ -217,11 +269,7 @@ impl Estimator {
 
 impl AdvantageEstimator for Estimator {
     fn name(&self) -> &str {
-        match self.config.kind {
-            EstimatorKind::Grpo => "grpo",
-            EstimatorKind::Gigpo => "gigpo",
-            EstimatorKind::G2po => "g2po",
-        }
+        self.config.kind.name()
     }
 
     fn estimate_into(&self, batch: &RolloutBatch, out: &mut Advantages) -> Result<()> {
