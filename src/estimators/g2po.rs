@@ -84,16 +84,13 @@ pub(super) fn graph_part(
     }
 
     if cfg.kind == EstimatorKind::G2poBellman {
-        g2po_bellman::solve(
-            g2po_bellman::DEFAULT_METHOD,
-            cfg.gamma,
-            num_nodes as usize,
-            nodes,
-            out.next_node,
-            next_value,
-            bellman,
-            values,
-        );
+        let edges = g2po_bellman::Edges {
+            num_nodes: num_nodes as usize,
+            node: nodes,
+            next: out.next_node,
+            terminal: next_value,
+        };
+        g2po_bellman::solve(g2po_bellman::DEFAULT_METHOD, cfg.gamma, edges, bellman, values);
     } else {
         if gamma_pow.is_empty() || gamma_pow_base.to_bits() != cfg.gamma.to_bits() {
             gamma_pow.clear();

@@ -65,19 +65,26 @@ pub(super) struct BellmanScratch {
     rhs: Vec<f64>,
 }
 
-/// Node values of one group. Row `i` leaves node `node[i]` for node
+/// The rows of one group's graph: row `i` leaves node `node[i]` for node
 /// `next[i]` (when `>= 0`) or for a terminal worth `terminal[i]` (when
-/// `next[i] < 0`). Inputs are trusted (checked by [`bellman_values`]).
+/// `next[i] < 0`).
+pub(super) struct Edges<'a> {
+    pub(super) num_nodes: usize,
+    pub(super) node: &'a [u32],
+    pub(super) next: &'a [i32],
+    pub(super) terminal: &'a [f64],
+}
+
+/// Node values of one group's graph into `values`. Inputs are trusted
+/// (checked by [`bellman_values`] for outside callers).
 pub(super) fn solve(
     method: BellmanMethod,
     gamma: f64,
-    num_nodes: usize,
-    node: &[u32],
-    next: &[i32],
-    terminal: &[f64],
+    edges: Edges<'_>,
     s: &mut BellmanScratch,
     values: &mut Vec<f64>,
 ) {
+    let Edges { num_nodes, node, next, terminal } = edges;
     values.clear();
     values.resize(num_nodes, 0.0);
     // Rows by node (counting sort, stable).
@@ -283,6 +290,7 @@ pub fn bellman_values(
         return Err(bad(row, "node", format!("node {k} has no path to a terminal (or no rows)")));
     }
     let mut values = Vec::new();
-    solve(method, gamma, num_nodes, node, next, terminal, &mut BellmanScratch::default(), &mut values);
+    let edges = Edges { num_nodes, node, next, terminal };
+    solve(method, gamma, edges, &mut BellmanScratch::default(), &mut values);
     Ok(values)
 }
