@@ -195,6 +195,14 @@ pub enum Error {
         /// The requested width.
         max_len: usize,
     },
+    /// A padded layout whose `rows * max_len` entries cannot be addressed.
+    #[error("a padded layout of {rows} rows x {max_len} tokens is too large to allocate")]
+    LayoutTooLarge {
+        /// Number of rows.
+        rows: usize,
+        /// The padded width.
+        max_len: usize,
+    },
     /// Malformed JSON or JSONL input.
     #[error("{source_name}:{line}: {message}")]
     Parse {

@@ -398,11 +398,11 @@ proptest! {
                 for width in [None, Some(longest + 3)] {
                     let padded = g2po::broadcast::padded(&adv, &batch, width).unwrap();
                     let w = width.unwrap_or(longest);
-                    prop_assert_eq!((padded.rows, padded.max_len), (batch.len(), w));
+                    prop_assert_eq!((padded.rows(), padded.max_len()), (batch.len(), w));
                     for (row, &len) in lens.iter().enumerate() {
                         let len = len as usize;
-                        let values = &padded.values[row * w..(row + 1) * w];
-                        let mask = &padded.mask[row * w..(row + 1) * w];
+                        let values = padded.values.row(row).to_vec();
+                        let mask = padded.mask.row(row).to_vec();
                         prop_assert_eq!(&values[..len], flat.row(row));
                         prop_assert!(values[len..].iter().all(|&x| x == 0.0));
                         prop_assert!(mask[..len].iter().all(|&m| m == 1.0));
