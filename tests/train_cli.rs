@@ -20,6 +20,9 @@ fn train_writes_one_jsonl_line_per_iteration() {
     assert_eq!(horizons, vec![4, 6, 6]);
     for l in &lines {
         assert!(l["update"]["grad_norm"].as_f64().unwrap().is_finite());
+        // The diagnostics sit flat in `update` (the log format readers rely on).
+        assert!(l["update"]["policy_loss"].is_number() && l["update"]["clip_fraction"].is_number());
+        assert!(l["update"]["approx_kl_old_k3"].as_f64().unwrap() >= 0.0);
         assert!(l["truth"]["pearson"].is_number());
         assert!(l["eval_success"].is_number());
     }
