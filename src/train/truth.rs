@@ -341,6 +341,9 @@ pub struct TruthRow {
     /// Correlation minus that of the cell's best estimator, paired by seed:
     /// mean and 95% half-width (0 for the best itself).
     pub gap_to_best: (f64, f64),
+    /// Whether this estimator has the cell's highest mean correlation (the
+    /// first in [`TruthTableConfig::estimators`] order among ties).
+    pub best: bool,
 }
 
 /// Computes the exact-truth table (see [`TruthTableConfig`]).
@@ -393,7 +396,8 @@ pub fn run_truth_table(cfg: &TruthTableConfig) -> Result<Vec<TruthRow>, TrainErr
         for (gi, &n) in cfg.group_sizes.iter().enumerate() {
             let per = |k: usize| -> Vec<f64> { mine.iter().map(|s| s[gi][k]).collect() };
             let means: Vec<f64> = (0..cfg.estimators.len()).map(|k| super::ablation::mean_ci(&per(k)).0).collect();
-            let best = (0..means.len()).max_by(|&a, &b| means[a].total_cmp(&means[b])).unwrap_or(0);
+            // The first of tied maxima (max_by would return the last).
+            let best = (0..means.len()).fold(0, |b, k| if means[k] > means[b] { k } else { b });
             for (k, &kind) in cfg.estimators.iter().enumerate() {
                 let p = per(k);
                 let mse: Vec<f64> = p.iter().map(|r| 2.0 * (1.0 - r)).collect();
@@ -406,6 +410,7 @@ pub fn run_truth_table(cfg: &TruthTableConfig) -> Result<Vec<TruthRow>, TrainErr
                     pearson: super::ablation::mean_ci(&p),
                     mse: super::ablation::mean_ci(&mse),
                     gap_to_best: if k == best { (0.0, 0.0) } else { super::ablation::mean_ci(&gap) },
+                    best: k == best,
                 });
             }
         }
@@ -415,7 +420,7 @@ pub fn run_truth_table(cfg: &TruthTableConfig) -> Result<Vec<TruthRow>, TrainErr
 
 /// The truth table as Markdown: one row per (environment, group size,
 /// estimator); the best mean correlation of each (environment, group size) in
-/// bold, and a mark where an estimator's gap to it excludes 0 at 95%.
+/// bold, and "(below)" where an estimator's paired gap to it excludes 0 at 95%.
 ///
 /// ```
 /// assert!(g2po::train::truth::truth_markdown(&[]).starts_with('|'));
@@ -426,7 +431,7 @@ pub fn truth_markdown(rows: &[TruthRow]) -> String {
         "| env | N | estimator | corr with Q - V | std. MSE | corr - best (paired) |\n|---|---|---|---|---|---|\n",
     );
     for r in rows {
-        let best = r.gap_to_best == (0.0, 0.0);
+        let best = r.best;
         let corr = format!("{:.3} ± {:.3}", r.pearson.0, r.pearson.1);
         let gap = if best {
             "best".to_string()
