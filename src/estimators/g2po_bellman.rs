@@ -28,7 +28,9 @@
 //!   components they lead to are known.
 //!
 //! The estimator uses [`DEFAULT_METHOD`], the faster of the two on the
-//! benchmark workload.
+//! benchmark workload (the exact one). Both reuse their buffers across
+//! groups and calls (petgraph's `Graph::clear` keeps its capacity, and
+//! `TarjanScc` its stacks).
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
@@ -53,11 +55,12 @@ pub enum BellmanMethod {
     ExactScc,
 }
 
-/// The solver the `g2po_bellman` estimator uses.
-pub const DEFAULT_METHOD: BellmanMethod = BellmanMethod::Iterative;
+/// The solver the `g2po_bellman` estimator uses: the exact one, 3.9x faster than
+/// Gauss-Seidel on the benchmark workload (`docs/benchmarks.md`).
+pub const DEFAULT_METHOD: BellmanMethod = BellmanMethod::ExactScc;
 
 /// Reused buffers of the solvers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct BellmanScratch {
     /// CSR of rows by node: node k leaves through `by_node[start[k]..start[k + 1]]`.
     start: Vec<u32>,
@@ -69,6 +72,10 @@ pub(super) struct BellmanScratch {
     /// `V = a * V(m) + b` of each node visited once (exact solver).
     chain: Vec<Option<(f64, f64, u32)>>,
     path: Vec<u32>,
+    /// The reduced graph and Tarjan's buffers, cleared and reused (no allocation
+    /// once grown).
+    graph: DiGraph<u32, ()>,
+    tarjan: petgraph::algo::TarjanScc<NodeIndex>,
 }
 
 /// The rows of one group's graph: row `i` leaves node `node[i]` for node
@@ -79,6 +86,22 @@ pub(super) struct Edges<'a> {
     pub(super) node: &'a [u32],
     pub(super) next: &'a [i32],
     pub(super) terminal: &'a [f64],
+}
+
+impl Default for BellmanScratch {
+    fn default() -> Self {
+        Self {
+            start: Vec::new(),
+            by_node: Vec::new(),
+            local: Vec::new(),
+            matrix: Vec::new(),
+            rhs: Vec::new(),
+            chain: Vec::new(),
+            path: Vec::new(),
+            graph: DiGraph::new(),
+            tarjan: petgraph::algo::TarjanScc::new(),
+        }
+    }
 }
 
 /// Node values of one group's graph into `values`. Inputs are trusted
@@ -189,7 +212,8 @@ fn exact_scc(gamma: f64, num_nodes: usize, next: &[i32], terminal: &[f64], s: &m
         }
     };
     // 2. The nodes visited more than once, on a petgraph graph of the reduced edges.
-    let mut graph: DiGraph<u32, ()> = DiGraph::new();
+    let mut graph = std::mem::take(&mut s.graph);
+    graph.clear();
     s.local.clear();
     s.local.resize(num_nodes, NO_NODE);
     for k in 0..num_nodes {
@@ -208,15 +232,12 @@ fn exact_scc(gamma: f64, num_nodes: usize, next: &[i32], terminal: &[f64], s: &m
             }
         }
     }
-    // 3. Components sinks first (tarjan_scc's order), each solved exactly once
-    //    the components it leads to are known.
+    // 3. Components sinks first (Tarjan's order), each solved exactly once the
+    //    components it leads to are known.
     const SOLVED: u32 = u32::MAX - 1;
-    for k in 0..num_nodes {
-        if s.local[k] != NO_NODE {
-            s.local[k] = NO_NODE; // reused below as "position in the open component"
-        }
-    }
-    for component in petgraph::algo::tarjan_scc(&graph) {
+    s.local.fill(NO_NODE); // from here: position in the open component, or SOLVED
+    let mut tarjan = std::mem::replace(&mut s.tarjan, petgraph::algo::TarjanScc::new());
+    tarjan.run(&graph, |component| {
         let q = component.len();
         for (j, n) in component.iter().enumerate() {
             s.local[graph[*n] as usize] = j as u32;
@@ -246,7 +267,9 @@ fn exact_scc(gamma: f64, num_nodes: usize, next: &[i32], terminal: &[f64], s: &m
             v[k] = s.rhs[j];
             s.local[k] = SOLVED;
         }
-    }
+    });
+    s.tarjan = tarjan;
+    s.graph = graph;
     // 4. Back to the nodes visited once.
     for k in 0..num_nodes {
         if let Some((a, b, m)) = s.chain[k] {
