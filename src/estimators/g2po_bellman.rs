@@ -49,7 +49,7 @@ pub const MAX_SWEEPS: usize = 100_000;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BellmanMethod {
-    /// Gauss-Seidel over flat arrays, to [`TOLERANCE`].
+    /// Gauss-Seidel over flat arrays, to a relative tolerance of 1e-12 (at most 100,000 sweeps).
     Iterative,
     /// Exact, per strongly connected component of a petgraph graph.
     ExactScc,
