@@ -12,7 +12,8 @@
 #   lora       one LoRA GRPO step of `--policy smollm2` on the GPU, when the binary has it
 #
 # Usage:
-#   scripts/gpu-check.sh [--bundle DIR] [--only PART,...] [--budget S] [--rehearse-with-stub DIR] OUTDIR
+#   scripts/gpu-check.sh [--bundle DIR] [--only PART,...] [--budget S] [--limit PART=S]...
+#                        [--rehearse-with-stub DIR] OUTDIR
 #
 # OUTDIR receives figures.md (status and figures, ready for docs/benchmarks.md), figures.jsonl
 # (one JSON object per figure), parts.log (every command's output), train-cpu.jsonl and
@@ -32,13 +33,15 @@ only=all
 budget=480
 stub=""
 out=""
+limit_overrides=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle) bundle="$2"; shift ;;
     --only) only="$2"; shift ;;
     --budget) budget="$2"; shift ;;
     --rehearse-with-stub) stub="$2"; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    --limit) limit_overrides+=("$2"); shift ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     -*) echo "gpu-check: unknown option $1" >&2; exit 2 ;;
     *) [ -z "$out" ] || { echo "gpu-check: one OUTDIR only" >&2; exit 2; }; out="$1" ;;
   esac
@@ -62,6 +65,11 @@ failed=0
 # Per-part limits in seconds (summing to the default budget); a part never runs past the budget.
 declare -A limit=([preflight]=20 [device]=20 [tests]=100 [loss]=60 [stages]=110 [train]=110 [lora]=60)
 parts_all=(device tests loss stages train lora)
+for o in "${limit_overrides[@]}"; do
+  p="${o%%=*}"; v="${o#*=}"
+  [[ -n "${limit[$p]:-}" && "$v" =~ ^[0-9]+$ ]] || { echo "gpu-check: bad --limit $o (PART=SECONDS)" >&2; exit 2; }
+  limit[$p]=$v
+done
 
 note() { echo "$*" | tee -a "$log"; }
 wanted() { [ "$only" = all ] || [[ ",$only," == *",$1,"* ]]; }
@@ -77,8 +85,8 @@ limited() {
   local part="$1" so="$2" se="$3"; shift 3
   local left=$(( budget - ($(date +%s) - start) - 5 ))
   local t=${limit[$part]}
+  (( left >= 5 )) || return 125
   (( t > left )) && t=$left
-  (( t >= 5 )) || return 125
   note "\$ $* (limit ${t}s)"
   timeout --kill-after=5 "$t" "$@" > "$so" 2> "$se"
 }
@@ -168,7 +176,7 @@ if [ -n "$others" ]; then
   finish
 fi
 device_name=$(echo "${smi:-}" | head -1 | cut -d, -f1)
-record preflight PASS "${smi:-rehearsal with the stub driver} | every library resolves"
+record preflight PASS "${smi:-rehearsal with the stub driver}; every library resolves"
 
 tmp_out=$(mktemp); tmp_err=$(mktemp)
 trap 'rm -f "$tmp_out" "$tmp_err"' EXIT
