@@ -26,6 +26,8 @@ struct Fake {
     /// `bench/gpu` says it skipped (no GPU), exiting 0, or 1 with G2PO_REQUIRE_GPU=1, as the
     /// real one does.
     figures_skip: bool,
+    /// A GPU test passes by skipping: its marker shows in libtest's `--show-output` section.
+    test_skips: bool,
 }
 
 struct Scratch(PathBuf);
@@ -58,7 +60,15 @@ fn fake_bundle(name: &str, fake: Fake) -> Scratch {
     let ok_tests = "echo 'running 2 tests'\necho 'test a ... ok'\necho 'test b ... ok'\n\
                     echo\necho 'test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out'\n";
     write_exe(&b.join("tests/cuda_nvrtc"), ok_tests);
-    if fake.failing_test {
+    if fake.test_skips {
+        write_exe(
+            &b.join("tests/cuda_gpu"),
+            "[ \"$1\" = --show-output ] || exit 3\necho 'test stages_gpu_match_engine ... ok'\n\
+             echo 'successes:'\necho '---- stages_gpu_match_engine stdout ----'\n\
+             echo 'SKIPPED (needs a CUDA GPU): no usable CUDA device'\n\
+             echo 'test result: ok. 1 passed; 0 failed; 0 ignored'\n",
+        );
+    } else if fake.failing_test {
         write_exe(
             &b.join("tests/cuda_gpu"),
             "echo 'test a ... ok'\necho 'test stages_gpu_match_engine ... FAILED'\n\
@@ -70,8 +80,10 @@ fn fake_bundle(name: &str, fake: Fake) -> Scratch {
     let hang = if fake.hanging_loss { "[ \"$1\" = loss ] && sleep 60\n" } else { "" };
     let figures = if fake.figures_skip {
         format!(
-            "{hang}if [ \"$G2PO_REQUIRE_GPU\" = 1 ]; then echo 'G2PO_REQUIRE_GPU=1 but no usable CUDA GPU' >&2; exit 1; fi\n\
-             echo \"{{\\\"part\\\":\\\"$1\\\",\\\"skipped\\\":\\\"no GPU: fake\\\"}}\"\n"
+            // The reason holds JSON-escaped quotes, as the driver's error text does.
+            r#"{hang}if [ "$G2PO_REQUIRE_GPU" = 1 ]; then echo 'G2PO_REQUIRE_GPU=1 but no usable CUDA GPU' >&2; exit 1; fi
+echo '{{"part":"'"$1"'","skipped":"no GPU: fake DriverError(\"x\")"}}'
+"#
         )
     } else {
         format!(
@@ -147,7 +159,7 @@ fn a_clean_run_passes_every_part_and_assembles_the_figures() {
     // Per-iteration times from wall_s: the first, then the median of the rest.
     assert!(r.figures.contains("3 iterations; first 0.500 s, median of the rest 0.5000 s"), "{}", r.figures);
     assert!(r.figures.contains("3 iterations; first 2.000 s, median of the rest 0.2500 s"), "{}", r.figures);
-    assert!(r.figures.contains("last eval success 0.4"), "{}", r.figures);
+    assert!(r.figures.contains("train success first 3 0.200, last 3 0.200; last eval success 0.4"), "{}", r.figures);
     assert!(r.figures.contains("| 2 | 0.500 | 0.250 | 0.2 | 0.2 |"), "{}", r.figures);
     assert!(s.0.join("out/train-cuda.jsonl").is_file() && s.0.join("out/parts.log").is_file());
     assert_eq!(r.stdout.matches("# GPU check").count(), 1, "figures.md is printed once at the end");
@@ -181,6 +193,18 @@ fn a_failing_test_is_named_and_fails_the_run() {
 }
 
 #[test]
+fn a_test_that_passes_by_skipping_is_a_skip() {
+    let s = fake_bundle("testskip", Fake { test_skips: true, ..Fake::default() });
+    let r = run_check(&s, true, false, &["--only", "tests"]);
+    assert!(r.ok, "{}", r.stdout);
+    assert!(
+        r.figures.contains("| tests | SKIP | skipped: no GPU (tests that skipped in: cuda_gpu; 3 passed) |"),
+        "{}",
+        r.figures
+    );
+}
+
+#[test]
 fn a_hanging_part_is_cut_off_and_the_rest_still_runs() {
     let s = fake_bundle("hang", Fake { hanging_loss: true, ..Fake::default() });
     let t = std::time::Instant::now();
@@ -198,7 +222,7 @@ fn a_skip_of_the_figures_program_is_a_skip_or_with_the_switch_a_failure() {
     let s = fake_bundle("figskip", Fake { figures_skip: true, ..Fake::default() });
     let r = run_check(&s, true, false, &["--only", "loss,stages"]);
     assert!(r.ok, "{}", r.stdout);
-    assert!(r.figures.contains("| loss | SKIP | skipped: no GPU: fake |"), "{}", r.figures);
+    assert!(r.figures.contains("| loss | SKIP | skipped: no GPU: fake DriverError(\"x\") |"), "{}", r.figures);
     assert!(!r.figures.contains("| train |"), "--only runs the named parts only:\n{}", r.figures);
     let r = run_check(&s, true, true, &["--only", "loss"]);
     assert!(!r.ok, "{}", r.stdout);
