@@ -122,16 +122,23 @@ struct Ceilings {
     copy: f64,
 }
 
-fn rated_bandwidth(gpu: &GpuContext) -> Result<(f64, &'static str, f64), Error> {
+/// The device's memory bandwidth from the driver: memory clock x bus width x 2 (double data
+/// rate), `None` where the driver does not report them.
+fn driver_bandwidth(gpu: &GpuContext) -> Option<f64> {
     let ctx = gpu.stream().context();
-    let clock_khz = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)?;
-    let bus_bits = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)?;
-    // Double data rate: two transfers per memory clock over the whole bus.
-    let from_driver = 2.0 * f64::from(clock_khz) * 1e3 * f64::from(bus_bits) / 8.0;
+    let clock_khz = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE).ok()?;
+    let bus_bits = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH).ok()?;
+    (clock_khz > 0 && bus_bits > 0).then(|| 2.0 * f64::from(clock_khz) * 1e3 * f64::from(bus_bits) / 8.0)
+}
+
+/// The bandwidth the figures divide by and where it comes from: the datasheet table by name,
+/// else the driver's figure, else (never seen) the measured copy bandwidth.
+fn rated_bandwidth(gpu: &GpuContext, copy: f64) -> (f64, &'static str) {
     let name = gpu.device_name();
-    match RATED_BANDWIDTH.iter().find(|(key, _)| name.contains(key)) {
-        Some((_, rated)) => Ok((*rated, "datasheet table", from_driver)),
-        None => Ok((from_driver, "driver (memory clock x bus width)", from_driver)),
+    match (RATED_BANDWIDTH.iter().find(|(key, _)| name.contains(key)), driver_bandwidth(gpu)) {
+        (Some((_, rated)), _) => (*rated, "datasheet table"),
+        (None, Some(driver)) => (driver, "driver (memory clock x bus width)"),
+        (None, None) => (copy, "measured copy (no table entry, no driver figure)"),
     }
 }
 
@@ -158,7 +165,8 @@ fn copy_bandwidth(gpu: &GpuContext) -> Result<f64, Error> {
 }
 
 fn ceilings(gpu: &GpuContext) -> Result<Ceilings, Error> {
-    Ok(Ceilings { rated: rated_bandwidth(gpu)?.0, copy: copy_bandwidth(gpu)? })
+    let copy = copy_bandwidth(gpu)?;
+    Ok(Ceilings { rated: rated_bandwidth(gpu, copy).0, copy })
 }
 
 fn device(gpu: &GpuContext) -> Result<(), Error> {
@@ -166,8 +174,9 @@ fn device(gpu: &GpuContext) -> Result<(), Error> {
     let (major, minor) = ctx.compute_capability()?;
     let sms = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
     let memory = ctx.total_mem()?;
-    let (rated, source, from_driver) = rated_bandwidth(gpu)?;
     let copy = copy_bandwidth(gpu)?;
+    let (rated, source) = rated_bandwidth(gpu, copy);
+    let from_driver = driver_bandwidth(gpu);
     let name = gpu.device_name();
     println!(
         "{}",
@@ -175,16 +184,16 @@ fn device(gpu: &GpuContext) -> Result<(), Error> {
             "part": "device", "name": name, "compute_capability": format!("{major}.{minor}"),
             "multiprocessors": sms, "memory_gib": memory as f64 / (1u64 << 30) as f64,
             "rated_bandwidth_gbs": rated / 1e9, "rated_source": source,
-            "driver_bandwidth_gbs": from_driver / 1e9, "copy_bandwidth_gbs": copy / 1e9,
+            "driver_bandwidth_gbs": from_driver.map(|b| b / 1e9), "copy_bandwidth_gbs": copy / 1e9,
             "cpu_threads": rayon::current_num_threads(),
         })
     );
+    let driver = from_driver.map_or("not reported".to_string(), |b| format!("{:.0} GB/s", b / 1e9));
     eprintln!(
-        "| device | {name}, compute capability {major}.{minor}, {sms} SMs, {:.0} GiB | rated {:.0} GB/s ({source}); \
-         driver clock x bus {:.0} GB/s; measured copy {:.0} GB/s ({:.0}% of rated); {} CPU threads |",
+        "| device: {name}, compute capability {major}.{minor}, {sms} SMs, {:.0} GiB | rated {:.0} GB/s ({source}); \
+         driver clock x bus {driver}; measured copy {:.0} GB/s ({:.0}% of rated); {} CPU threads |",
         memory as f64 / (1u64 << 30) as f64,
         rated / 1e9,
-        from_driver / 1e9,
         copy / 1e9,
         100.0 * copy / rated,
         rayon::current_num_threads()
