@@ -1,0 +1,424 @@
+//! Primitives of the drop-in modules (`g2po_rs.compat`).
+//!
+//! The reference trainers call their estimators in two phases: the first on the
+//! rollout in step order (GiGPO's discounted returns, G2PO's node values), the
+//! second after the batch was duplicated and reordered, with only per-row ids
+//! left (no step order). Phase one runs on the engine (G2PO: nodes from the
+//! engine's state keys). Phase two is grouped standardisation over the ids the
+//! trainer carried along; its formulas are composed in Python from the
+//! primitives here (factorised ids, per-group statistics, token sums and the
+//! token broadcast), which do every per-row loop in Rust.
+
+use ahash::AHashMap;
+use g2po::rollout::{DenseAnchors, DenseColumns};
+use g2po::{AdvantageEstimator, Estimator, EstimatorConfig, EstimatorKind, RolloutBatch};
+use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+
+use crate::convert;
+use crate::errors::{Failure, Fallible, from_engine, no_panic};
+use crate::native::{hash_texts, keyer};
+
+fn u32s(obj: &Bound<'_, PyAny>, argument: &str, expected: Option<usize>) -> Fallible<Vec<u32>> {
+    convert::counts(obj, argument, expected)
+}
+
+fn i64s(obj: &Bound<'_, PyAny>, argument: &str, expected: Option<usize>) -> Fallible<Vec<i64>> {
+    let arr = convert::array1(obj, argument)?;
+    if let Some(n) = expected
+        && arr.shape()[0] != n
+    {
+        return Err(Failure::input(
+            argument,
+            None,
+            format!("has {} entries but the batch has {n} rows", arr.shape()[0]),
+        ));
+    }
+    if let Ok(t) = arr.cast::<PyArray1<i64>>() {
+        return Ok(t.readonly().as_slice().expect("contiguous").to_vec());
+    }
+    if let Ok(t) = arr.cast::<PyArray1<i32>>() {
+        return Ok(t.readonly().as_slice().expect("contiguous").iter().map(|&x| x as i64).collect());
+    }
+    Err(Failure::type_(argument, None, "expected an int64 or int32 array"))
+}
+
+/// Dense ids of any id column, their count and the first row of each.
+#[pyfunction]
+#[pyo3(signature = (ids, argument="index"))]
+pub fn factorize<'py>(
+    py: Python<'py>,
+    ids: &Bound<'py, PyAny>,
+    argument: &str,
+) -> PyResult<(Bound<'py, PyArray1<u32>>, usize, Bound<'py, PyArray1<i64>>)> {
+    let f = convert::ids(ids, argument, None)?;
+    let n = f.labels.len();
+    let mut first = vec![-1i64; n];
+    for (row, &id) in f.dense.iter().enumerate() {
+        if first[id as usize] < 0 {
+            first[id as usize] = row as i64;
+        }
+    }
+    Ok((PyArray1::from_vec(py, f.dense), n, PyArray1::from_vec(py, first)))
+}
+
+/// Dense ids of (a, b) pairs in first-seen order, and their count.
+#[pyfunction]
+pub fn pair_ids<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyArray1<u32>>, usize)> {
+    let a = u32s(a, "a", None)?;
+    let b = convert::keys(b, "b", Some(a.len()))?;
+    let mut map: AHashMap<(u32, u64), u32> = AHashMap::with_capacity(a.len() / 4);
+    let dense: Vec<u32> = a
+        .iter()
+        .zip(&b)
+        .map(|(&x, &y)| {
+            let next = map.len() as u32;
+            *map.entry((x, y)).or_insert(next)
+        })
+        .collect();
+    let n = map.len();
+    Ok((PyArray1::from_vec(py, dense), n))
+}
+
+/// Keys of texts (exactly the engine's), for anchors.
+#[pyfunction]
+#[pyo3(signature = (texts, canonicalizers, argument="anchor_obs"))]
+pub fn text_keys<'py>(
+    py: Python<'py>,
+    texts: &Bound<'py, PyAny>,
+    canonicalizers: Vec<String>,
+    argument: &str,
+) -> PyResult<Bound<'py, PyArray1<u64>>> {
+    let keyer = keyer(&canonicalizers)?;
+    let refs = convert::texts(texts, argument, None)?;
+    let keys = py.detach(|| no_panic(|| Ok(hash_texts(&keyer, &refs))))?;
+    Ok(PyArray1::from_vec(py, keys))
+}
+
+/// Per-group count, mean and unbiased std (two passes, f64; NaN std for a
+/// group of one, as torch gives). With `float32`, values are taken as float32
+/// and the statistics rounded to float32, as torch computes them on a float32
+/// tensor (its mean is a float32 sum divided by n; its std a float64 two-pass
+/// rounded once).
+#[pyfunction]
+#[pyo3(signature = (groups, num_groups, values, float32=false))]
+#[allow(clippy::type_complexity)]
+pub fn group_stats<'py>(
+    py: Python<'py>,
+    groups: &Bound<'py, PyAny>,
+    num_groups: usize,
+    values: &Bound<'py, PyAny>,
+    float32: bool,
+) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+    let g = u32s(groups, "groups", None)?;
+    let mut x = convert::floats(values, "values", Some(g.len()))?;
+    if let Some(row) = g.iter().position(|&id| id as usize >= num_groups) {
+        return Err(Failure::input("groups", Some(row), "group id out of range").into());
+    }
+    if float32 {
+        for v in &mut x {
+            *v = *v as f32 as f64;
+        }
+    }
+    let mut count = vec![0i64; num_groups];
+    let mut sum = vec![0f64; num_groups];
+    for (&id, &v) in g.iter().zip(&x) {
+        count[id as usize] += 1;
+        sum[id as usize] += v;
+    }
+    let mean: Vec<f64> = sum
+        .iter()
+        .zip(&count)
+        .map(|(&s, &c)| if float32 { (s as f32 / c as f32) as f64 } else { s / c as f64 })
+        .collect();
+    let mut sq = vec![0f64; num_groups];
+    // The deviations use the exact (f64) mean, as a float64 two-pass would.
+    let exact_mean: Vec<f64> = sum.iter().zip(&count).map(|(&s, &c)| s / c as f64).collect();
+    for (&id, &v) in g.iter().zip(&x) {
+        let d = v - exact_mean[id as usize];
+        sq[id as usize] += d * d;
+    }
+    let std: Vec<f64> = sq
+        .iter()
+        .zip(&count)
+        .map(|(&s, &c)| {
+            let sd = if c > 1 { (s / (c - 1) as f64).sqrt() } else { f64::NAN };
+            if float32 { sd as f32 as f64 } else { sd }
+        })
+        .collect();
+    Ok((PyArray1::from_vec(py, count), PyArray1::from_vec(py, mean), PyArray1::from_vec(py, std)))
+}
+
+/// Row sums of a [rows, L] token array (any dtype and strides), in f64.
+#[pyfunction]
+#[pyo3(signature = (tokens, argument="token_level_rewards", num_threads=None))]
+pub fn row_sums<'py>(
+    py: Python<'py>,
+    tokens: &Bound<'py, PyAny>,
+    argument: &str,
+    num_threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let sums = crate::tokens::row_sums(py, tokens, argument, num_threads)?;
+    Ok(PyArray1::from_vec(py, sums))
+}
+
+/// GiGPO's discounted returns per trajectory, rows in step order. With
+/// `float32`, the recurrence runs in float32 (NumPy 2's reading of the
+/// reference); otherwise in f64, each result rounded once (NumPy 1's).
+#[pyfunction]
+#[pyo3(signature = (traj, rewards, gamma, float32=false))]
+pub fn discounted_returns<'py>(
+    py: Python<'py>,
+    traj: &Bound<'py, PyAny>,
+    rewards: &Bound<'py, PyAny>,
+    gamma: f64,
+    float32: bool,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let t = u32s(traj, "traj", None)?;
+    let r = convert::floats(rewards, "rewards", Some(t.len()))?;
+    let num = t.iter().copied().max().map_or(0, |m| m as usize + 1);
+    let mut out = vec![0f32; t.len()];
+    if float32 {
+        let g = gamma as f32;
+        let mut running = vec![0f32; num];
+        for row in (0..t.len()).rev() {
+            let k = t[row] as usize;
+            running[k] = r[row] as f32 + g * running[k];
+            out[row] = running[k];
+        }
+    } else {
+        let mut running = vec![0f64; num];
+        for row in (0..t.len()).rev() {
+            let k = t[row] as usize;
+            running[k] = r[row] + gamma * running[k];
+            out[row] = running[k] as f32;
+        }
+    }
+    Ok(PyArray1::from_vec(py, out))
+}
+
+/// G2PO phase one (`compute_group_aggregation_values`).
+///
+/// Nodes come from the engine: rows of one uid with equal state keys. They are
+/// numbered per uid from 0 in the reference's order: trajectories by
+/// `traj_rank` (the rank of each dense trajectory in sorted id order), each
+/// trajectory's rows in row order. A visit at position t of a trajectory of T
+/// rows contributes `gamma^(T - t) * R` (R its first row's episode reward);
+/// the node value is the mean over its visits, summed in that same order.
+/// With `float32_terms` each contribution is a float32 product (NumPy 2's
+/// reading of `0.95 ** k * np.float32(R)`); otherwise f64 (NumPy 1's). The
+/// step after a trajectory's last row is -1 (episode reward ==
+/// `success_reward`) or -2.
+#[pyfunction]
+#[pyo3(signature = (uid, traj, traj_rank, episode_reward, anchors, keys, canonicalizers, gamma, success_reward,
+                    float32_terms))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn g2po_phase_one<'py>(
+    py: Python<'py>,
+    uid: &Bound<'py, PyAny>,
+    traj: &Bound<'py, PyAny>,
+    traj_rank: &Bound<'py, PyAny>,
+    episode_reward: &Bound<'py, PyAny>,
+    anchors: Option<&Bound<'py, PyAny>>,
+    keys: Option<&Bound<'py, PyAny>>,
+    canonicalizers: Vec<String>,
+    gamma: f64,
+    success_reward: f64,
+    float32_terms: bool,
+) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>)> {
+    let groups = convert::ids(uid, "uid", None)?;
+    let n = groups.dense.len();
+    let trajs = convert::ids(traj, "traj_uid", Some(n))?;
+    let rank = u32s(traj_rank, "traj_rank", Some(trajs.labels.len()))?;
+    let reward = convert::floats(episode_reward, "episode_rewards", Some(n))?;
+    let texts = anchors.map(|a| convert::texts(a, "anchor_obs", Some(n))).transpose()?;
+    let given = keys.map(|k| convert::keys(k, "anchor_obs", Some(n))).transpose()?;
+    let keyer = keyer(&canonicalizers)?;
+
+    let (values, node, next) = py.detach(|| {
+        no_panic(|| {
+            let keys = match (texts, given) {
+                (Some(t), _) => hash_texts(&keyer, &t),
+                (None, Some(k)) => k,
+                (None, None) => return Err(Failure::input("anchor_obs", None, "no anchors given")),
+            };
+            let num_trajs = trajs.labels.len();
+            let cols = DenseColumns {
+                group_ids: groups.labels,
+                traj_ids: trajs.labels,
+                group: groups.dense,
+                traj: trajs.dense,
+                step: None,
+                anchors: DenseAnchors::Keys(keys),
+                reward: vec![0.0; n],
+                episode_reward: reward,
+                valid: vec![true; n],
+                response_len: vec![1; n],
+            };
+            let batch = RolloutBatch::from_dense(cols).map_err(|e| {
+                let mut f = from_engine(e, &|r| r);
+                // Name the reference's arguments.
+                f.argument = f.argument.map(|a| match a.as_str() {
+                    "traj" | "step" => "traj_uid".into(),
+                    "episode_reward" => "episode_rewards".into(),
+                    "group" => "uid".into(),
+                    other => other.into(),
+                });
+                f
+            })?;
+            let est = Estimator::new(EstimatorConfig::new(EstimatorKind::G2po)).map_err(|e| from_engine(e, &|r| r))?;
+            let adv = est.estimate(&batch).map_err(|e| from_engine(e, &|r| r))?;
+            Ok(phase_one_numbering(&batch, &adv.node, &rank, num_trajs, gamma, success_reward, float32_terms))
+        })
+    })?;
+    Ok((PyArray1::from_vec(py, values), PyArray1::from_vec(py, node), PyArray1::from_vec(py, next)))
+}
+
+fn phase_one_numbering(
+    batch: &RolloutBatch,
+    engine_node: &[i32],
+    rank: &[u32],
+    num_trajs: usize,
+    gamma: f64,
+    success_reward: f64,
+    float32_terms: bool,
+) -> (Vec<f64>, Vec<i64>, Vec<i64>) {
+    let n = batch.len();
+    // Rows of each trajectory in row order (CSR).
+    let mut offsets = vec![0usize; num_trajs + 1];
+    for &t in batch.trajectories() {
+        offsets[t as usize + 1] += 1;
+    }
+    for t in 0..num_trajs {
+        offsets[t + 1] += offsets[t];
+    }
+    let mut cursor = offsets.clone();
+    let mut rows_by_traj = vec![0u32; n];
+    for (row, &t) in batch.trajectories().iter().enumerate() {
+        rows_by_traj[cursor[t as usize]] = row as u32;
+        cursor[t as usize] += 1;
+    }
+    // Trajectories of each group, in rank order.
+    let mut trajs_of_group: Vec<Vec<u32>> = vec![Vec::new(); batch.num_groups()];
+    for (t, &g) in batch.trajectory_groups().iter().enumerate() {
+        trajs_of_group[g as usize].push(t as u32);
+    }
+    let mut node = vec![-1i64; n];
+    let mut next = vec![0i64; n];
+    let mut values = vec![0f64; n];
+    let mut renumber: AHashMap<i32, i64> = AHashMap::new();
+    let mut sums: Vec<f64> = Vec::new();
+    let mut counts: Vec<u32> = Vec::new();
+    for trajs in &mut trajs_of_group {
+        trajs.sort_by_key(|&t| rank[t as usize]);
+        renumber.clear();
+        sums.clear();
+        counts.clear();
+        for &t in trajs.iter() {
+            for &row in &rows_by_traj[offsets[t as usize]..offsets[t as usize + 1]] {
+                let fresh = renumber.len() as i64;
+                let id = *renumber.entry(engine_node[row as usize]).or_insert(fresh);
+                node[row as usize] = id;
+            }
+        }
+        sums.resize(renumber.len(), 0.0);
+        counts.resize(renumber.len(), 0);
+        for &t in trajs.iter() {
+            let rows = &rows_by_traj[offsets[t as usize]..offsets[t as usize + 1]];
+            let len = rows.len();
+            let r = batch.episode_rewards()[rows[0] as usize];
+            for (pos, &row) in rows.iter().enumerate() {
+                let k = (len - pos) as f64;
+                let term = if float32_terms { (gamma.powf(k) as f32 * r as f32) as f64 } else { gamma.powf(k) * r };
+                let id = node[row as usize] as usize;
+                sums[id] += term;
+                counts[id] += 1;
+                next[row as usize] = match rows.get(pos + 1) {
+                    Some(&after) => node[after as usize],
+                    None if batch.episode_rewards()[row as usize] == success_reward => -1,
+                    None => -2,
+                };
+            }
+        }
+        for &t in trajs.iter() {
+            for &row in &rows_by_traj[offsets[t as usize]..offsets[t as usize + 1]] {
+                let id = node[row as usize] as usize;
+                values[row as usize] = sums[id] / counts[id] as f64;
+            }
+        }
+    }
+    (values, node, next)
+}
+
+/// G2PO phase two lookups: per row, the dense (uid, node) id, the value of
+/// its node and the value of the node its step leads to (terminals: -1 ->
+/// `success_value`, -2 -> `failure_value`). Checks that every member of a node
+/// carries the same value and that every next node exists in the row's uid.
+#[pyfunction]
+#[pyo3(signature = (uid, group_idx, next_group_idx, step_rewards, success_value, failure_value))]
+#[allow(clippy::type_complexity)]
+pub fn g2po_lookup<'py>(
+    py: Python<'py>,
+    uid: &Bound<'py, PyAny>,
+    group_idx: &Bound<'py, PyAny>,
+    next_group_idx: &Bound<'py, PyAny>,
+    step_rewards: &Bound<'py, PyAny>,
+    success_value: f64,
+    failure_value: f64,
+) -> PyResult<(Bound<'py, PyArray1<u32>>, usize, Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+    let u = u32s(uid, "index", None)?;
+    let n = u.len();
+    let node = i64s(group_idx, "group_idx", Some(n))?;
+    let next = i64s(next_group_idx, "next_group_idx", Some(n))?;
+    let value = convert::floats(step_rewards, "step_rewards", Some(n))?;
+    let mut id_of: AHashMap<(u32, i64), u32> = AHashMap::new();
+    let mut node_value: Vec<f64> = Vec::new();
+    let mut dense = Vec::with_capacity(n);
+    for row in 0..n {
+        if node[row] < 0 {
+            return Err(Failure::input("group_idx", Some(row), format!("node id {} is negative", node[row])).into());
+        }
+        let fresh = id_of.len() as u32;
+        let id = *id_of.entry((u[row], node[row])).or_insert(fresh);
+        if id == fresh {
+            node_value.push(value[row]);
+        } else if node_value[id as usize].to_bits() != value[row].to_bits() {
+            return Err(Failure::input(
+                "step_rewards",
+                Some(row),
+                format!(
+                    "node {} of this row's uid has value {} on an earlier row but {} here",
+                    node[row], node_value[id as usize], value[row]
+                ),
+            )
+            .into());
+        }
+        dense.push(id);
+    }
+    let mut own = Vec::with_capacity(n);
+    let mut target = Vec::with_capacity(n);
+    for row in 0..n {
+        own.push(node_value[dense[row] as usize]);
+        target.push(match next[row] {
+            -1 => success_value,
+            -2 => failure_value,
+            k => match id_of.get(&(u[row], k)) {
+                Some(&id) => node_value[id as usize],
+                None => {
+                    return Err(Failure::input(
+                        "next_group_idx",
+                        Some(row),
+                        format!("node {k} does not occur in this row's uid (no row has it as group_idx)"),
+                    )
+                    .into());
+                }
+            },
+        });
+    }
+    let count = id_of.len();
+    Ok((PyArray1::from_vec(py, dense), count, PyArray1::from_vec(py, own), PyArray1::from_vec(py, target)))
+}
