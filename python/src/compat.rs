@@ -422,3 +422,48 @@ pub fn g2po_lookup<'py>(
     let count = id_of.len();
     Ok((PyArray1::from_vec(py, dense), count, PyArray1::from_vec(py, own), PyArray1::from_vec(py, target)))
 }
+
+/// GiGPO's similarity step groups: within each uid, rows in row order join the
+/// first cluster whose first member's text is at least `threshold` similar
+/// (difflib's `SequenceMatcher.ratio`, the engine's implementation). Returns a
+/// dense cluster id per row (numbered uid by uid in first-seen order) and the
+/// count.
+#[pyfunction]
+pub fn similarity_groups<'py>(
+    py: Python<'py>,
+    uid: &Bound<'py, PyAny>,
+    texts: &Bound<'py, PyAny>,
+    threshold: f64,
+) -> PyResult<(Bound<'py, PyArray1<u32>>, usize)> {
+    use rayon::prelude::*;
+    let u = u32s(uid, "index", None)?;
+    let refs = convert::texts(texts, "anchor_obs", Some(u.len()))?;
+    let (ids, count) = py.detach(|| {
+        no_panic(|| {
+            let groups = u.iter().copied().max().map_or(0, |m| m as usize + 1);
+            let mut rows_of: Vec<Vec<u32>> = vec![Vec::new(); groups];
+            for (row, &g) in u.iter().enumerate() {
+                rows_of[g as usize].push(row as u32);
+            }
+            // SAFETY: the caller's array keeps every str alive.
+            let local: Vec<(Vec<u32>, u32)> = rows_of
+                .par_iter()
+                .map(|rows| g2po::keys::similarity::cluster(rows.iter().map(|&r| unsafe { refs[r as usize].as_str() }), threshold))
+                .collect();
+            let mut base = Vec::with_capacity(groups);
+            let mut total = 0u32;
+            for (_, n) in &local {
+                base.push(total);
+                total += n;
+            }
+            let mut ids = vec![0u32; u.len()];
+            for (g, rows) in rows_of.iter().enumerate() {
+                for (&r, &c) in rows.iter().zip(&local[g].0) {
+                    ids[r as usize] = base[g] + c;
+                }
+            }
+            Ok((ids, total as usize))
+        })
+    })?;
+    Ok((PyArray1::from_vec(py, ids), count))
+}

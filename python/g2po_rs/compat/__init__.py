@@ -1,0 +1,279 @@
+"""Drop-in replacements of the reference trainers' estimator modules.
+
+Swap one import line in the trainer (the trainer runs inside a Ray actor, so
+monkeypatching from the launcher would not reach it)::
+
+    # verl-agent, verl/trainer/ppo/ray_trainer.py
+    from g2po_rs.compat import core_gigpo          # was: from gigpo import core_gigpo
+    # the G2PO fork
+    from g2po_rs.compat import core_g2po           # was: from g2po import core_g2po
+    # both (GRPO, RLOO, pass@k, REINFORCE++-baseline; the rest re-exported from verl)
+    from g2po_rs.compat import core_algos          # was: from verl.trainer.ppo import core_algos
+
+The functions keep the references' names, signatures and return conventions
+(``(scores, scores)``, one float32 [bs, L] tensor twice) and accept what the
+trainers pass (torch tensors, numpy object arrays of uuid strings, numpy bools,
+rows duplicated and reordered between the two phases).
+
+Numerics
+--------
+Two readings, chosen with :func:`configure` or the environment variables
+``G2PO_RS_NUMERICS`` / ``G2PO_RS_NUMPY_MAJOR`` (which reach a trainer's Ray
+actors through ``runtime_env``):
+
+``"g2po"`` (default)
+    Every statistic in float64, each result rounded once to float32: the
+    exact values, the same under NumPy 1 and 2. Where the reference gives NaN
+    (G2PO under ``mean_std_norm`` on a uid group of one row: the std of one
+    value) the edge-centric term is 0, so the row keeps its episode and
+    node-centric parts instead of poisoning the batch.
+``"reference"``
+    The references' own reading, for bit-level comparisons: float32 where they
+    compute in float32 (GiGPO's return recurrence and G2PO's visit values under
+    NumPy 2; GiGPO's and GRPO's statistics; G2PO's edge-centric term), NaN
+    where they give NaN. ``numpy_major`` (default: the installed NumPy's)
+    selects which NumPy's promotion rules are reproduced. Phase-one outputs
+    (returns, node values) are then bit-identical to the references'; phase
+    two agrees to float32 rounding (torch sums float32 with a CPU-dependent
+    vector cascade, which no fixed order reproduces bit for bit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from .. import _native
+from ..errors import ConfigError, InputError, InputTypeError
+
+__all__ = ["configure", "settings", "Settings"]
+
+
+@dataclasses.dataclass
+class Settings:
+    """The compat modules' options (see the module docstring)."""
+
+    numerics: str = "g2po"
+    numpy_major: int | None = None
+    print_group_size: bool = True
+
+    @property
+    def reference(self) -> bool:
+        return self.numerics == "reference"
+
+    @property
+    def numpy2(self) -> bool:
+        major = self.numpy_major if self.numpy_major is not None else int(np.__version__.split(".")[0])
+        return major >= 2
+
+
+def _from_env() -> Settings:
+    s = Settings()
+    if "G2PO_RS_NUMERICS" in os.environ:
+        s.numerics = os.environ["G2PO_RS_NUMERICS"]
+    if "G2PO_RS_NUMPY_MAJOR" in os.environ:
+        s.numpy_major = int(os.environ["G2PO_RS_NUMPY_MAJOR"])
+    if "G2PO_RS_PRINT_GROUP_SIZE" in os.environ:
+        s.print_group_size = os.environ["G2PO_RS_PRINT_GROUP_SIZE"] not in ("0", "false", "False")
+    _check(s)
+    return s
+
+
+def _check(s: Settings) -> None:
+    if s.numerics not in ("g2po", "reference"):
+        raise ConfigError(f"numerics: expected 'g2po' or 'reference', got {s.numerics!r}", "numerics")
+    if s.numpy_major not in (None, 1, 2):
+        raise ConfigError(f"numpy_major: expected None, 1 or 2, got {s.numpy_major!r}", "numpy_major")
+
+
+_SETTINGS = _from_env()
+
+
+def settings() -> Settings:
+    """The options in force (a copy)."""
+    return dataclasses.replace(_SETTINGS)
+
+
+def configure(**options: Any) -> Settings:
+    """Sets options: ``numerics`` ("g2po" | "reference"), ``numpy_major`` (None | 1 | 2),
+    ``print_group_size`` (GiGPO's "Avg size of step-level group" line). Returns the
+    previous settings, so a test can restore them."""
+    global _SETTINGS
+    previous = settings()
+    new = dataclasses.replace(_SETTINGS, **options)
+    _check(new)
+    _SETTINGS = new
+    return previous
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _numpy(x: Any, argument: str) -> np.ndarray:
+    if _is_torch(x):
+        return x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        return np.asarray(x)
+    except Exception as e:  # ragged lists and the like
+        raise InputTypeError(f"{argument}: cannot be read as an array ({e})", argument) from None
+
+
+def _ids(x: Any, argument: str) -> tuple[np.ndarray, int, np.ndarray]:
+    """Dense ids (uint32), count and first row of an id column."""
+    arr = _numpy(x, argument)
+    if arr.ndim != 1:
+        raise InputTypeError(f"{argument}: expected one id per row, got shape {arr.shape}", argument)
+    if arr.dtype.kind in "USf b":
+        arr = arr.astype(object)
+    return _native.factorize(np.ascontiguousarray(arr), argument)
+
+
+def _floats(x: Any, argument: str, rows: int, dtype=np.float64) -> np.ndarray:
+    arr = _numpy(x, argument)
+    if arr.dtype == object:
+        try:
+            arr = arr.astype(dtype)
+        except (TypeError, ValueError) as e:
+            raise InputTypeError(f"{argument}: not numbers ({e})", argument) from None
+    if arr.dtype.kind not in "fiub":
+        raise InputTypeError(f"{argument}: expected numbers, got dtype {arr.dtype}", argument)
+    arr = np.ascontiguousarray(arr, dtype=dtype).reshape(-1)
+    if arr.shape[0] != rows:
+        raise InputError(f"{argument}: has {arr.shape[0]} entries but the batch has {rows} rows", argument)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{argument}, row {row}: {arr[row]} is not finite", argument, row)
+    return arr
+
+
+def _bools(x: Any, argument: str, rows: int) -> np.ndarray:
+    arr = _numpy(x, argument)
+    if arr.dtype != bool:
+        if arr.dtype == object:
+            arr = np.array([bool(v) for v in arr], dtype=bool)
+        elif arr.dtype.kind in "iuf":
+            arr = arr != 0
+        else:
+            raise InputTypeError(f"{argument}: expected booleans, got dtype {arr.dtype}", argument)
+    arr = arr.reshape(-1)
+    if arr.shape[0] != rows:
+        raise InputError(f"{argument}: has {arr.shape[0]} entries but the batch has {rows} rows", argument)
+    return np.ascontiguousarray(arr)
+
+
+def _rows_of(x: Any, argument: str) -> int:
+    shape = tuple(x.shape) if hasattr(x, "shape") else (len(x),)
+    if len(shape) == 0:
+        raise InputTypeError(f"{argument}: expected one entry per row, got a scalar", argument)
+    return int(shape[0])
+
+
+def _check_rows(rows: int, **columns: Any) -> None:
+    for name, col in columns.items():
+        n = _rows_of(col, name)
+        if n != rows:
+            raise InputError(f"{name}: has {n} rows but token_level_rewards has {rows}", name)
+
+
+def _token_sums(token_level_rewards: Any) -> np.ndarray:
+    return _native.row_sums(_numpy(token_level_rewards, "token_level_rewards"), "token_level_rewards")
+
+
+def _tokens(row_values: np.ndarray, response_mask: Any, like: Any) -> Any:
+    """``row_values[:, None] * response_mask`` as float32, torch if ``like`` is torch."""
+    mask = _numpy(response_mask, "response_mask")
+    out = _native.broadcast(np.ascontiguousarray(row_values, dtype=np.float32), mask)
+    if _is_torch(like):
+        import torch
+
+        t = torch.from_numpy(out)
+        return t if like.device.type == "cpu" else t.to(like.device)
+    return out
+
+
+def _check_mode(mode: str) -> bool:
+    """True when the std is removed (mean_norm)."""
+    if mode == "mean_std_norm":
+        return False
+    if mode == "mean_norm":
+        return True
+    raise ConfigError(f"Unknown mode: {mode}", "mode")
+
+
+def _grouped_norm(
+    scores: np.ndarray,
+    groups: np.ndarray,
+    num_groups: int,
+    epsilon: float,
+    remove_std: bool,
+    *,
+    single: str,
+    stats_rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-group standardisation of row scores (float32 per row under reference
+    numerics, else float64, rounded once by the caller).
+
+    ``single`` says what a group of one member gets: ``"zero_mean"`` (mean 0,
+    std 1: verl's episode/GRPO rule) or ``"self"`` (mean = the value, std 1:
+    GiGPO's step rule, i.e. 0). ``stats_rows`` restricts the statistics to some
+    rows (verl's ``compute_mean_std_cross_steps=False``).
+    """
+    ref = _SETTINGS.reference
+    if stats_rows is None:
+        count, mean, std = _native.group_stats(groups, num_groups, scores, ref)
+    else:
+        count, mean, std = _native.group_stats(groups[stats_rows], num_groups, scores[stats_rows], ref)
+    one = count == 1
+    if single == "zero_mean":
+        mean = np.where(one, 0.0, mean)
+    # single == "self": a group of one keeps its own value as the mean (result 0).
+    std = np.where(one, 1.0, std)
+    m, s = mean[groups], std[groups]
+    if ref:
+        x, m, s = scores.astype(np.float32), m.astype(np.float32), s.astype(np.float32)
+        out = x - m if remove_std else (x - m) / (s + np.float32(epsilon))
+        return out.astype(np.float32)
+    return scores - m if remove_std else (scores - m) / (s + epsilon)
+
+
+def _anchor_ids(anchor_obs: Any, rows: int, flavour: str) -> np.ndarray:
+    """uint64 state ids of anchors: XXH3 keys of str anchors (the engine's), or
+    dense ids of other objects under the reference's equality (GiGPO:
+    ``to_hashable``, so 1 == 1.0 == True and arrays compare by content;
+    G2PO: the object itself as a dict key)."""
+    if anchor_obs is None:
+        raise InputTypeError(
+            "anchor_obs: None (the environment manager gives no anchor observations)", "anchor_obs"
+        )
+    arr = anchor_obs if isinstance(anchor_obs, np.ndarray) else _numpy(anchor_obs, "anchor_obs")
+    if arr.shape[0] != rows:
+        raise InputError(f"anchor_obs: has {arr.shape[0]} rows but the batch has {rows}", "anchor_obs")
+    if arr.ndim == 1 and arr.dtype == object:
+        try:
+            return _native.text_keys(np.ascontiguousarray(arr), [], "anchor_obs")
+        except InputTypeError:
+            pass  # not all str: the generic path below
+    if arr.ndim == 1 and arr.dtype.kind in "US":
+        return _native.text_keys(arr.astype(object), [], "anchor_obs")
+    from .core_gigpo import to_hashable
+
+    table: dict[Any, int] = {}
+    out = np.empty(rows, dtype=np.uint64)
+    for row in range(rows):
+        obs = arr[row]
+        try:
+            key = to_hashable(obs) if flavour == "gigpo" else obs
+            out[row] = table.setdefault(key, len(table))
+        except TypeError as e:
+            raise InputTypeError(f"anchor_obs, row {row}: {e}", "anchor_obs", row) from None
+    return out
