@@ -467,3 +467,40 @@ pub fn similarity_groups<'py>(
     })?;
     Ok((PyArray1::from_vec(py, ids), count))
 }
+
+/// Truth values of a column: a bool array read in place, an integer or float
+/// array (non-zero), or an object array of anything with a truth value (the
+/// trainers' numpy bools), each distinct object asked once.
+#[pyfunction]
+#[pyo3(signature = (values, argument="is_action_valid"))]
+pub fn truth<'py>(py: Python<'py>, values: &Bound<'py, PyAny>, argument: &str) -> PyResult<Bound<'py, PyArray1<bool>>> {
+    let arr = convert::array1(values, argument)?;
+    if let Ok(objects) = arr.cast::<PyArray1<Py<PyAny>>>() {
+        let ro = objects.readonly();
+        let slice = ro.as_slice().expect("contiguous");
+        let mut seen: AHashMap<usize, bool> = AHashMap::new();
+        let mut out = Vec::with_capacity(slice.len());
+        for (row, item) in slice.iter().enumerate() {
+            let address = item.as_ptr() as usize;
+            let v = match seen.get(&address) {
+                Some(&v) => v,
+                None => {
+                    let v = item.bind(py).is_truthy().map_err(|e| {
+                        Failure::type_(argument, Some(row), format!("has no truth value: {e}"))
+                    })?;
+                    seen.insert(address, v);
+                    v
+                }
+            };
+            out.push(v);
+        }
+        return Ok(PyArray1::from_vec(py, out));
+    }
+    if let Ok(b) = arr.cast::<PyArray1<bool>>() {
+        return Ok(PyArray1::from_vec(py, b.readonly().as_slice().expect("contiguous").to_vec()));
+    }
+    let f = convert::floats(&arr.clone().into_any(), argument, None).or_else(|_| {
+        convert::counts(&arr.clone().into_any(), argument, None).map(|v| v.into_iter().map(f64::from).collect())
+    })?;
+    Ok(PyArray1::from_vec(py, f.into_iter().map(|x| x != 0.0).collect()))
+}

@@ -42,6 +42,7 @@ fn g2po_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compat::g2po_phase_one, m)?)?;
     m.add_function(wrap_pyfunction!(compat::g2po_lookup, m)?)?;
     m.add_function(wrap_pyfunction!(compat::similarity_groups, m)?)?;
+    m.add_function(wrap_pyfunction!(compat::truth, m)?)?;
     m.add("ENGINE_VERSION", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

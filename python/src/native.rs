@@ -105,6 +105,39 @@ impl Batch {
     fn num_groups(&self) -> usize {
         self.batch.num_groups()
     }
+
+    /// Seconds of each of `repeats` calls of the engine alone
+    /// (`Estimator::estimate_into` on this already-built batch, buffers
+    /// reused), for benchmarks: the Rust time beside which the Python call's
+    /// time is reported.
+    #[pyo3(signature = (estimator, mode, repeats, num_threads=None))]
+    fn time_engine(
+        &self,
+        py: Python<'_>,
+        estimator: &str,
+        mode: &str,
+        repeats: usize,
+        num_threads: Option<usize>,
+    ) -> PyResult<Vec<f64>> {
+        let cfg = config(estimator, mode, 0.95, 1e-6, 1.0, 0.1, "rows", None, None)?;
+        let batch = self.batch.clone();
+        let times = py.detach(|| {
+            no_panic(|| {
+                threads::run(num_threads, || -> Fallible<Vec<f64>> {
+                    let est = Estimator::new(cfg).map_err(|e| from_engine(e, &|r| r))?;
+                    let mut out = Advantages::default();
+                    let mut times = Vec::with_capacity(repeats);
+                    for _ in 0..repeats {
+                        let start = std::time::Instant::now();
+                        est.estimate_into(&batch, &mut out).map_err(|e| from_engine(e, &|r| r))?;
+                        times.push(start.elapsed().as_secs_f64());
+                    }
+                    Ok(times)
+                })?
+            })
+        })?;
+        Ok(times)
+    }
 }
 
 /// Within each trajectory, reorders rows by their step (keeping the set of

@@ -157,18 +157,12 @@ def _floats(x: Any, argument: str, rows: int, dtype=np.float64) -> np.ndarray:
 
 
 def _bools(x: Any, argument: str, rows: int) -> np.ndarray:
-    arr = _numpy(x, argument)
-    if arr.dtype != bool:
-        if arr.dtype == object:
-            arr = np.array([bool(v) for v in arr], dtype=bool)
-        elif arr.dtype.kind in "iuf":
-            arr = arr != 0
-        else:
-            raise InputTypeError(f"{argument}: expected booleans, got dtype {arr.dtype}", argument)
-    arr = arr.reshape(-1)
+    arr = _numpy(x, argument).reshape(-1)
+    if arr.dtype.kind not in "biufO":
+        raise InputTypeError(f"{argument}: expected booleans, got dtype {arr.dtype}", argument)
     if arr.shape[0] != rows:
         raise InputError(f"{argument}: has {arr.shape[0]} entries but the batch has {rows} rows", argument)
-    return np.ascontiguousarray(arr)
+    return _native.truth(np.ascontiguousarray(arr), argument)
 
 
 def _rows_of(x: Any, argument: str) -> int:
