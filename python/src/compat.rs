@@ -19,6 +19,12 @@ use crate::convert;
 use crate::errors::{Failure, Fallible, from_engine, no_panic};
 use crate::native::{hash_texts, keyer};
 
+/// A numpy array handed to Python.
+type Arr<'py, T> = Bound<'py, PyArray1<T>>;
+
+/// `g2po_lookup`'s result: (uid, node) ids, their count, own and next values.
+type Lookup<'py> = (Arr<'py, u32>, usize, Arr<'py, f64>, Arr<'py, f64>);
+
 fn u32s(obj: &Bound<'_, PyAny>, argument: &str, expected: Option<usize>) -> Fallible<Vec<u32>> {
     convert::counts(obj, argument, expected)
 }
@@ -50,7 +56,7 @@ pub fn factorize<'py>(
     py: Python<'py>,
     ids: &Bound<'py, PyAny>,
     argument: &str,
-) -> PyResult<(Bound<'py, PyArray1<u32>>, usize, Bound<'py, PyArray1<i64>>)> {
+) -> PyResult<(Arr<'py, u32>, usize, Arr<'py, i64>)> {
     let f = convert::ids(ids, argument, None)?;
     let n = f.labels.len();
     let mut first = vec![-1i64; n];
@@ -68,7 +74,7 @@ pub fn pair_ids<'py>(
     py: Python<'py>,
     a: &Bound<'py, PyAny>,
     b: &Bound<'py, PyAny>,
-) -> PyResult<(Bound<'py, PyArray1<u32>>, usize)> {
+) -> PyResult<(Arr<'py, u32>, usize)> {
     let a = u32s(a, "a", None)?;
     let b = convert::keys(b, "b", Some(a.len()))?;
     let mut map: AHashMap<(u32, u64), u32> = AHashMap::with_capacity(a.len() / 4);
@@ -92,7 +98,7 @@ pub fn text_keys<'py>(
     texts: &Bound<'py, PyAny>,
     canonicalizers: Vec<String>,
     argument: &str,
-) -> PyResult<Bound<'py, PyArray1<u64>>> {
+) -> PyResult<Arr<'py, u64>> {
     let keyer = keyer(&canonicalizers)?;
     let refs = convert::texts(texts, argument, None)?;
     let keys = py.detach(|| no_panic(|| Ok(hash_texts(&keyer, &refs))))?;
@@ -106,14 +112,13 @@ pub fn text_keys<'py>(
 /// rounded once).
 #[pyfunction]
 #[pyo3(signature = (groups, num_groups, values, float32=false))]
-#[allow(clippy::type_complexity)]
 pub fn group_stats<'py>(
     py: Python<'py>,
     groups: &Bound<'py, PyAny>,
     num_groups: usize,
     values: &Bound<'py, PyAny>,
     float32: bool,
-) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+) -> PyResult<(Arr<'py, i64>, Arr<'py, f64>, Arr<'py, f64>)> {
     let g = u32s(groups, "groups", None)?;
     let mut x = convert::floats(values, "values", Some(g.len()))?;
     if let Some(row) = g.iter().position(|&id| id as usize >= num_groups) {
@@ -161,7 +166,7 @@ pub fn row_sums<'py>(
     tokens: &Bound<'py, PyAny>,
     argument: &str,
     num_threads: Option<usize>,
-) -> PyResult<Bound<'py, PyArray1<f64>>> {
+) -> PyResult<Arr<'py, f64>> {
     let sums = crate::tokens::row_sums(py, tokens, argument, num_threads)?;
     Ok(PyArray1::from_vec(py, sums))
 }
@@ -177,7 +182,7 @@ pub fn discounted_returns<'py>(
     rewards: &Bound<'py, PyAny>,
     gamma: f64,
     float32: bool,
-) -> PyResult<Bound<'py, PyArray1<f32>>> {
+) -> PyResult<Arr<'py, f32>> {
     let t = u32s(traj, "traj", None)?;
     let r = convert::floats(rewards, "rewards", Some(t.len()))?;
     let num = t.iter().copied().max().map_or(0, |m| m as usize + 1);
@@ -216,7 +221,7 @@ pub fn discounted_returns<'py>(
 #[pyfunction]
 #[pyo3(signature = (uid, traj, traj_rank, episode_reward, anchors, keys, canonicalizers, gamma, success_reward,
                     float32_terms))]
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+#[allow(clippy::too_many_arguments)]
 pub fn g2po_phase_one<'py>(
     py: Python<'py>,
     uid: &Bound<'py, PyAny>,
@@ -229,7 +234,7 @@ pub fn g2po_phase_one<'py>(
     gamma: f64,
     success_reward: f64,
     float32_terms: bool,
-) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>)> {
+) -> PyResult<(Arr<'py, f64>, Arr<'py, i64>, Arr<'py, i64>)> {
     let groups = convert::ids(uid, "uid", None)?;
     let n = groups.dense.len();
     let trajs = convert::ids(traj, "traj_uid", Some(n))?;
@@ -360,7 +365,6 @@ fn phase_one_numbering(
 /// carries the same value and that every next node exists in the row's uid.
 #[pyfunction]
 #[pyo3(signature = (uid, group_idx, next_group_idx, step_rewards, success_value, failure_value))]
-#[allow(clippy::type_complexity)]
 pub fn g2po_lookup<'py>(
     py: Python<'py>,
     uid: &Bound<'py, PyAny>,
@@ -369,7 +373,7 @@ pub fn g2po_lookup<'py>(
     step_rewards: &Bound<'py, PyAny>,
     success_value: f64,
     failure_value: f64,
-) -> PyResult<(Bound<'py, PyArray1<u32>>, usize, Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+) -> PyResult<Lookup<'py>> {
     let u = u32s(uid, "index", None)?;
     let n = u.len();
     let node = i64s(group_idx, "group_idx", Some(n))?;
@@ -434,7 +438,7 @@ pub fn similarity_groups<'py>(
     uid: &Bound<'py, PyAny>,
     texts: &Bound<'py, PyAny>,
     threshold: f64,
-) -> PyResult<(Bound<'py, PyArray1<u32>>, usize)> {
+) -> PyResult<(Arr<'py, u32>, usize)> {
     use rayon::prelude::*;
     let u = u32s(uid, "index", None)?;
     let refs = convert::texts(texts, "anchor_obs", Some(u.len()))?;
@@ -448,7 +452,12 @@ pub fn similarity_groups<'py>(
             // SAFETY: the caller's array keeps every str alive.
             let local: Vec<(Vec<u32>, u32)> = rows_of
                 .par_iter()
-                .map(|rows| g2po::keys::similarity::cluster(rows.iter().map(|&r| unsafe { refs[r as usize].as_str() }), threshold))
+                .map(|rows| {
+                    g2po::keys::similarity::cluster(
+                        rows.iter().map(|&r| unsafe { refs[r as usize].as_str() }),
+                        threshold,
+                    )
+                })
                 .collect();
             let mut base = Vec::with_capacity(groups);
             let mut total = 0u32;
@@ -473,7 +482,7 @@ pub fn similarity_groups<'py>(
 /// trainers' numpy bools), each distinct object asked once.
 #[pyfunction]
 #[pyo3(signature = (values, argument="is_action_valid"))]
-pub fn truth<'py>(py: Python<'py>, values: &Bound<'py, PyAny>, argument: &str) -> PyResult<Bound<'py, PyArray1<bool>>> {
+pub fn truth<'py>(py: Python<'py>, values: &Bound<'py, PyAny>, argument: &str) -> PyResult<Arr<'py, bool>> {
     let arr = convert::array1(values, argument)?;
     if let Ok(objects) = arr.cast::<PyArray1<Py<PyAny>>>() {
         let ro = objects.readonly();
@@ -485,9 +494,10 @@ pub fn truth<'py>(py: Python<'py>, values: &Bound<'py, PyAny>, argument: &str) -
             let v = match seen.get(&address) {
                 Some(&v) => v,
                 None => {
-                    let v = item.bind(py).is_truthy().map_err(|e| {
-                        Failure::type_(argument, Some(row), format!("has no truth value: {e}"))
-                    })?;
+                    let v = item
+                        .bind(py)
+                        .is_truthy()
+                        .map_err(|e| Failure::type_(argument, Some(row), format!("has no truth value: {e}")))?;
                     seen.insert(address, v);
                     v
                 }
