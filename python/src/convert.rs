@@ -263,6 +263,24 @@ fn label(obj: &Bound<'_, PyAny>) -> String {
     obj.str().map(|s| s.to_string()).unwrap_or_else(|_| "<id>".into())
 }
 
+/// Asks the CPU to fetch the cache line at `p` ahead of use. Anchor texts are
+/// separate heap objects that, after a trainer reorders its rows, sit in
+/// random order in memory: without prefetching, walking them is bound by
+/// memory latency (measured 6x slower than in rollout order).
+#[inline(always)]
+pub fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint; it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// How many rows ahead the walks over object arrays prefetch.
+pub const PREFETCH_AHEAD: usize = 16;
+
 /// A `str` anchor, borrowed: address and length of its UTF-8 bytes.
 #[derive(Clone, Copy)]
 pub struct TextRef {
@@ -276,6 +294,11 @@ unsafe impl Send for TextRef {}
 unsafe impl Sync for TextRef {}
 
 impl TextRef {
+    /// Address of the first byte (for prefetching).
+    pub fn ptr(self) -> *const u8 {
+        self.ptr
+    }
+
     /// # Safety
     /// The `str` object this came from must still be alive.
     pub unsafe fn as_str<'a>(self) -> &'a str {
@@ -298,6 +321,9 @@ pub fn texts(obj: &Bound<'_, PyAny>, argument: &str, expected: Option<usize>) ->
     let mut out = Vec::with_capacity(slice.len());
     let mut prev: (usize, TextRef) = (0, TextRef { ptr: std::ptr::null(), len: 0 });
     for (row, item) in slice.iter().enumerate() {
+        if let Some(ahead) = slice.get(row + PREFETCH_AHEAD) {
+            prefetch(ahead.as_ptr() as *const u8);
+        }
         let address = item.as_ptr() as usize;
         if address == prev.0 {
             out.push(prev.1);

@@ -132,7 +132,7 @@ def _ids(x: Any, argument: str) -> tuple[np.ndarray, int, np.ndarray]:
     arr = _numpy(x, argument)
     if arr.ndim != 1:
         raise InputTypeError(f"{argument}: expected one id per row, got shape {arr.shape}", argument)
-    if arr.dtype.kind in "USf b":
+    if arr.dtype.kind in "USfb":
         arr = arr.astype(object)
     return _native.factorize(np.ascontiguousarray(arr), argument)
 
