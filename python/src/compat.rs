@@ -10,8 +10,8 @@
 //! token broadcast), which do every per-row loop in Rust.
 
 use ahash::AHashMap;
+use g2po::RolloutBatch;
 use g2po::rollout::{DenseAnchors, DenseColumns};
-use g2po::{AdvantageEstimator, Estimator, EstimatorConfig, EstimatorKind, RolloutBatch};
 use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
@@ -21,9 +21,6 @@ use crate::native::{hash_texts, keyer};
 
 /// A numpy array handed to Python.
 type Arr<'py, T> = Bound<'py, PyArray1<T>>;
-
-/// `g2po_lookup`'s result: (uid, node) ids, their count, own and next values.
-type Lookup<'py> = (Arr<'py, u32>, usize, Arr<'py, f64>, Arr<'py, f64>);
 
 fn u32s(obj: &Bound<'_, PyAny>, argument: &str, expected: Option<usize>) -> Fallible<Vec<u32>> {
     convert::counts(obj, argument, expected)
@@ -208,7 +205,9 @@ pub fn discounted_returns<'py>(
 
 /// G2PO phase one (`compute_group_aggregation_values`).
 ///
-/// Nodes come from the engine: rows of one uid with equal state keys. They are
+/// The engine's batch checks the rows (trajectories in one uid, equal episode
+/// rewards, finite values) and hashes the anchors into its state keys; a node
+/// is the rows of one uid with equal keys, as in the engine's G2PO. Nodes are
 /// numbered per uid from 0 in the reference's order: trajectories by
 /// `traj_rank` (the rank of each dense trajectory in sorted id order), each
 /// trajectory's rows in row order. A visit at position t of a trajectory of T
@@ -275,9 +274,8 @@ pub fn g2po_phase_one<'py>(
                 });
                 f
             })?;
-            let est = Estimator::new(EstimatorConfig::new(EstimatorKind::G2po)).map_err(|e| from_engine(e, &|r| r))?;
-            let adv = est.estimate(&batch).map_err(|e| from_engine(e, &|r| r))?;
-            Ok(phase_one_numbering(&batch, &adv.node, &rank, num_trajs, gamma, success_reward, float32_terms))
+            let keys = batch.keys().expect("built from keys");
+            Ok(phase_one_numbering(&batch, keys, &rank, num_trajs, gamma, success_reward, float32_terms))
         })
     })?;
     Ok((PyArray1::from_vec(py, values), PyArray1::from_vec(py, node), PyArray1::from_vec(py, next)))
@@ -285,7 +283,7 @@ pub fn g2po_phase_one<'py>(
 
 fn phase_one_numbering(
     batch: &RolloutBatch,
-    engine_node: &[i32],
+    keys: &[u64],
     rank: &[u32],
     num_trajs: usize,
     gamma: f64,
@@ -315,7 +313,7 @@ fn phase_one_numbering(
     let mut node = vec![-1i64; n];
     let mut next = vec![0i64; n];
     let mut values = vec![0f64; n];
-    let mut renumber: AHashMap<i32, i64> = AHashMap::new();
+    let mut renumber: AHashMap<u64, i64> = AHashMap::new();
     let mut sums: Vec<f64> = Vec::new();
     let mut counts: Vec<u32> = Vec::new();
     for trajs in &mut trajs_of_group {
@@ -326,7 +324,7 @@ fn phase_one_numbering(
         for &t in trajs.iter() {
             for &row in &rows_by_traj[offsets[t as usize]..offsets[t as usize + 1]] {
                 let fresh = renumber.len() as i64;
-                let id = *renumber.entry(engine_node[row as usize]).or_insert(fresh);
+                let id = *renumber.entry(keys[row as usize]).or_insert(fresh);
                 node[row as usize] = id;
             }
         }
@@ -357,74 +355,6 @@ fn phase_one_numbering(
         }
     }
     (values, node, next)
-}
-
-/// G2PO phase two lookups: per row, the dense (uid, node) id, the value of
-/// its node and the value of the node its step leads to (terminals: -1 ->
-/// `success_value`, -2 -> `failure_value`). Checks that every member of a node
-/// carries the same value and that every next node exists in the row's uid.
-#[pyfunction]
-#[pyo3(signature = (uid, group_idx, next_group_idx, step_rewards, success_value, failure_value))]
-pub fn g2po_lookup<'py>(
-    py: Python<'py>,
-    uid: &Bound<'py, PyAny>,
-    group_idx: &Bound<'py, PyAny>,
-    next_group_idx: &Bound<'py, PyAny>,
-    step_rewards: &Bound<'py, PyAny>,
-    success_value: f64,
-    failure_value: f64,
-) -> PyResult<Lookup<'py>> {
-    let u = u32s(uid, "index", None)?;
-    let n = u.len();
-    let node = i64s(group_idx, "group_idx", Some(n))?;
-    let next = i64s(next_group_idx, "next_group_idx", Some(n))?;
-    let value = convert::floats(step_rewards, "step_rewards", Some(n))?;
-    let mut id_of: AHashMap<(u32, i64), u32> = AHashMap::new();
-    let mut node_value: Vec<f64> = Vec::new();
-    let mut dense = Vec::with_capacity(n);
-    for row in 0..n {
-        if node[row] < 0 {
-            return Err(Failure::input("group_idx", Some(row), format!("node id {} is negative", node[row])).into());
-        }
-        let fresh = id_of.len() as u32;
-        let id = *id_of.entry((u[row], node[row])).or_insert(fresh);
-        if id == fresh {
-            node_value.push(value[row]);
-        } else if node_value[id as usize].to_bits() != value[row].to_bits() {
-            return Err(Failure::input(
-                "step_rewards",
-                Some(row),
-                format!(
-                    "node {} of this row's uid has value {} on an earlier row but {} here",
-                    node[row], node_value[id as usize], value[row]
-                ),
-            )
-            .into());
-        }
-        dense.push(id);
-    }
-    let mut own = Vec::with_capacity(n);
-    let mut target = Vec::with_capacity(n);
-    for row in 0..n {
-        own.push(node_value[dense[row] as usize]);
-        target.push(match next[row] {
-            -1 => success_value,
-            -2 => failure_value,
-            k => match id_of.get(&(u[row], k)) {
-                Some(&id) => node_value[id as usize],
-                None => {
-                    return Err(Failure::input(
-                        "next_group_idx",
-                        Some(row),
-                        format!("node {k} does not occur in this row's uid (no row has it as group_idx)"),
-                    )
-                    .into());
-                }
-            },
-        });
-    }
-    let count = id_of.len();
-    Ok((PyArray1::from_vec(py, dense), count, PyArray1::from_vec(py, own), PyArray1::from_vec(py, target)))
 }
 
 /// GiGPO's similarity step groups: within each uid, rows in row order join the
@@ -513,4 +443,226 @@ pub fn truth<'py>(py: Python<'py>, values: &Bound<'py, PyAny>, argument: &str) -
         convert::counts(&arr.clone().into_any(), argument, None).map(|v| v.into_iter().map(f64::from).collect())
     })?;
     Ok(PyArray1::from_vec(py, f.into_iter().map(|x| x != 0.0).collect()))
+}
+
+/// Per-group count, mean and unbiased std of `x` over the rows where `use_row`
+/// holds (all rows when `None`). Two passes in f64; a group of one has std NaN
+/// (as torch gives). With `float32`, the values are taken as float32 and the
+/// mean and std rounded to float32 (torch on a float32 tensor: a float32 sum
+/// divided by n; a float64 two-pass std rounded once).
+fn grouped_stats(
+    groups: &[u32],
+    num_groups: usize,
+    x: &[f64],
+    float32: bool,
+    use_row: Option<&[bool]>,
+) -> (Vec<u32>, Vec<f64>, Vec<f64>) {
+    let value = |i: usize| if float32 { x[i] as f32 as f64 } else { x[i] };
+    let used = |i: usize| use_row.is_none_or(|u| u[i]);
+    let mut count = vec![0u32; num_groups];
+    let mut sum = vec![0f64; num_groups];
+    for (i, &g) in groups.iter().enumerate() {
+        if used(i) {
+            count[g as usize] += 1;
+            sum[g as usize] += value(i);
+        }
+    }
+    let exact: Vec<f64> = sum.iter().zip(&count).map(|(&s, &c)| s / c as f64).collect();
+    let mut sq = vec![0f64; num_groups];
+    for (i, &g) in groups.iter().enumerate() {
+        if used(i) {
+            let d = value(i) - exact[g as usize];
+            sq[g as usize] += d * d;
+        }
+    }
+    let mean =
+        if float32 { sum.iter().zip(&count).map(|(&s, &c)| (s as f32 / c as f32) as f64).collect() } else { exact };
+    let std = sq
+        .iter()
+        .zip(&count)
+        .map(|(&s, &c)| {
+            let sd = if c > 1 { (s / (c - 1) as f64).sqrt() } else { f64::NAN };
+            if float32 { sd as f32 as f64 } else { sd }
+        })
+        .collect();
+    (count, mean, std)
+}
+
+/// Standardisation of row values within their groups, in one pass after the
+/// statistics: `(x - mean) / (std + epsilon)`, or `x - mean` with
+/// `remove_std`. A group of one member uses std 1 and mean 0 (`single =
+/// "zero_mean"`: verl's episode and GRPO rule) or its own value (`"self"`:
+/// GiGPO's step rule, giving 0). `stats_rows` restricts the statistics to
+/// some rows. With `reference`, everything is float32 as in the references.
+#[pyfunction]
+#[pyo3(signature = (groups, num_groups, values, epsilon, remove_std, single, reference, stats_rows=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn grouped_norm<'py>(
+    py: Python<'py>,
+    groups: &Bound<'py, PyAny>,
+    num_groups: usize,
+    values: &Bound<'py, PyAny>,
+    epsilon: f64,
+    remove_std: bool,
+    single: &str,
+    reference: bool,
+    stats_rows: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Arr<'py, f64>> {
+    let g = u32s(groups, "groups", None)?;
+    let x = convert::floats(values, "values", Some(g.len()))?;
+    let mask = stats_rows.map(|m| convert::bools(m, "stats_rows", Some(g.len()))).transpose()?;
+    if let Some(row) = g.iter().position(|&id| id as usize >= num_groups) {
+        return Err(Failure::input("groups", Some(row), "group id out of range").into());
+    }
+    let zero_mean = match single {
+        "zero_mean" => true,
+        "self" => false,
+        other => return Err(Failure::config("single", format!("unknown rule {other:?}")).into()),
+    };
+    let (count, mean, std) = grouped_stats(&g, num_groups, &x, reference, mask.as_deref());
+    let out: Vec<f64> = g
+        .iter()
+        .zip(&x)
+        .map(|(&k, &v)| {
+            let k = k as usize;
+            let one = count[k] == 1;
+            let m = if one { if zero_mean { 0.0 } else { v } } else { mean[k] };
+            let s = if one { 1.0 } else { std[k] };
+            if reference {
+                let (v, m, s) = (v as f32, m as f32, s as f32);
+                (if remove_std { v - m } else { (v - m) / (s + epsilon as f32) }) as f64
+            } else if remove_std {
+                v - m
+            } else {
+                (v - m) / (s + epsilon)
+            }
+        })
+        .collect();
+    Ok(PyArray1::from_vec(py, out))
+}
+
+/// G2PO's step part (node-centric + edge-centric) per row, from the ids and
+/// values phase one returned, rows in any order and duplicated.
+///
+/// Node ids are per uid and dense (0..k), so a node is found by offset, not
+/// hashed. Checks that all members of a node carry the same value and that
+/// every next node occurs in the row's uid. Node-centric: x = V(next) -
+/// penalty * [invalid], standardised among the rows leaving the same node (f64,
+/// as the reference; a node of one row gets 0). Edge-centric: V(next) -
+/// V(node) standardised over the uid; a uid of one row has no spread: 0, or
+/// with `reference` the reference's NaN (its edge term is float32 there).
+#[pyfunction]
+#[pyo3(signature = (uid, num_uids, group_idx, next_group_idx, step_rewards, is_action_valid, epsilon, std_norm,
+                    penalty, success_value, failure_value, reference))]
+#[allow(clippy::too_many_arguments)]
+pub fn g2po_step<'py>(
+    py: Python<'py>,
+    uid: &Bound<'py, PyAny>,
+    num_uids: usize,
+    group_idx: &Bound<'py, PyAny>,
+    next_group_idx: &Bound<'py, PyAny>,
+    step_rewards: &Bound<'py, PyAny>,
+    is_action_valid: &Bound<'py, PyAny>,
+    epsilon: f64,
+    std_norm: bool,
+    penalty: f64,
+    success_value: f64,
+    failure_value: f64,
+    reference: bool,
+) -> PyResult<Arr<'py, f64>> {
+    let u = u32s(uid, "index", None)?;
+    let n = u.len();
+    let node = i64s(group_idx, "group_idx", Some(n))?;
+    let next = i64s(next_group_idx, "next_group_idx", Some(n))?;
+    let value = convert::floats(step_rewards, "step_rewards", Some(n))?;
+    let valid = convert::bools(is_action_valid, "is_action_valid", Some(n))?;
+    if let Some(row) = u.iter().position(|&g| g as usize >= num_uids) {
+        return Err(Failure::input("index", Some(row), "uid id out of range").into());
+    }
+    let step = py.detach(|| {
+        no_panic(|| {
+            // Dense (uid, node) ids by per-uid offsets.
+            let mut width = vec![0usize; num_uids];
+            for (row, (&g, &k)) in u.iter().zip(&node).enumerate() {
+                if k < 0 || k >= u32::MAX as i64 {
+                    return Err(Failure::input("group_idx", Some(row), format!("node id {k} is not in 0..2^32")));
+                }
+                width[g as usize] = width[g as usize].max(k as usize + 1);
+            }
+            let mut offset = vec![0usize; num_uids + 1];
+            for g in 0..num_uids {
+                offset[g + 1] = offset[g] + width[g];
+            }
+            let slots = offset[num_uids];
+            let mut node_value = vec![f64::NAN; slots];
+            let mut present = vec![false; slots];
+            let dense: Vec<u32> =
+                u.iter().zip(&node).map(|(&g, &k)| (offset[g as usize] + k as usize) as u32).collect();
+            for (row, &d) in dense.iter().enumerate() {
+                let d = d as usize;
+                if !present[d] {
+                    present[d] = true;
+                    node_value[d] = value[row];
+                } else if node_value[d].to_bits() != value[row].to_bits() {
+                    return Err(Failure::input(
+                        "step_rewards",
+                        Some(row),
+                        format!(
+                            "node {} of this row's uid has value {} on an earlier row but {} here",
+                            node[row], node_value[d], value[row]
+                        ),
+                    ));
+                }
+            }
+            let mut target = Vec::with_capacity(n);
+            for row in 0..n {
+                let g = u[row] as usize;
+                target.push(match next[row] {
+                    -1 => success_value,
+                    -2 => failure_value,
+                    k if k >= 0 && (k as usize) < width[g] && present[offset[g] + k as usize] => {
+                        node_value[offset[g] + k as usize]
+                    }
+                    k => {
+                        return Err(Failure::input(
+                            "next_group_idx",
+                            Some(row),
+                            format!("node {k} does not occur in this row's uid (no row has it as group_idx)"),
+                        ));
+                    }
+                });
+            }
+            let x: Vec<f64> = (0..n).map(|r| target[r] - if valid[r] { 0.0 } else { penalty }).collect();
+            let (count, mean, std) = grouped_stats(&dense, slots, &x, false, None);
+            let gain: Vec<f64> = (0..n).map(|r| target[r] - node_value[dense[r] as usize]).collect();
+            let (ucount, umean, ustd) = grouped_stats(&u, num_uids, &gain, reference, None);
+            let step = (0..n)
+                .map(|r| {
+                    let d = dense[r] as usize;
+                    let nc = if count[d] > 1 {
+                        if std_norm { (x[r] - mean[d]) / (std[d] + epsilon) } else { x[r] - mean[d] }
+                    } else {
+                        0.0
+                    };
+                    let g = u[r] as usize;
+                    if reference {
+                        let (v, m, s) = (gain[r] as f32, umean[g] as f32, ustd[g] as f32);
+                        let ec = if std_norm { (v - m) / (s + epsilon as f32) } else { v - m };
+                        (nc as f32 + ec) as f64
+                    } else {
+                        let ec = if !std_norm {
+                            gain[r] - umean[g]
+                        } else if ucount[g] > 1 {
+                            (gain[r] - umean[g]) / (ustd[g] + epsilon)
+                        } else {
+                            0.0
+                        };
+                        nc + ec
+                    }
+                })
+                .collect::<Vec<f64>>();
+            Ok(step)
+        })
+    })?;
+    Ok(PyArray1::from_vec(py, step))
 }

@@ -40,9 +40,10 @@ fn g2po_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compat::row_sums, m)?)?;
     m.add_function(wrap_pyfunction!(compat::discounted_returns, m)?)?;
     m.add_function(wrap_pyfunction!(compat::g2po_phase_one, m)?)?;
-    m.add_function(wrap_pyfunction!(compat::g2po_lookup, m)?)?;
     m.add_function(wrap_pyfunction!(compat::similarity_groups, m)?)?;
     m.add_function(wrap_pyfunction!(compat::truth, m)?)?;
+    m.add_function(wrap_pyfunction!(compat::grouped_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(compat::g2po_step, m)?)?;
     m.add("ENGINE_VERSION", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

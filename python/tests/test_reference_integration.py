@@ -261,3 +261,20 @@ def test_gigpo_similarity_side_by_side(refs, threshold):
     theirs, _ = refs.gigpo.compute_gigpo_outcome_advantage(**args)
     ours, _ = core_gigpo.compute_gigpo_outcome_advantage(**args)
     _same_tokens(ours, theirs, 1e-5, f"gigpo similarity {threshold}")
+
+
+def test_core_algos_reexports_verl(refs):
+    """With verl importable, g2po_rs.compat.core_algos is verl's module with the
+    grouped estimators replaced."""
+    if not refs.real_torch_functional:
+        pytest.skip("verl's package needs tensordict, transformers and pandas, not installed here")
+    import importlib
+
+    import verl.trainer.ppo.core_algos as verl_algos
+
+    mod = importlib.reload(core_algos)
+    assert mod.VERL_AVAILABLE
+    assert mod.compute_gae_advantage_return is verl_algos.compute_gae_advantage_return
+    assert mod.compute_policy_loss is verl_algos.compute_policy_loss
+    assert mod.compute_grpo_outcome_advantage is not verl_algos.compute_grpo_outcome_advantage
+    assert mod.compute_grpo_outcome_advantage.__module__ == "g2po_rs.compat.core_algos"

@@ -214,30 +214,18 @@ def _grouped_norm(
     single: str,
     stats_rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Per-group standardisation of row scores (float32 per row under reference
-    numerics, else float64, rounded once by the caller).
-
-    ``single`` says what a group of one member gets: ``"zero_mean"`` (mean 0,
-    std 1: verl's episode/GRPO rule) or ``"self"`` (mean = the value, std 1:
-    GiGPO's step rule, i.e. 0). ``stats_rows`` restricts the statistics to some
-    rows (verl's ``compute_mean_std_cross_steps=False``).
-    """
-    ref = _SETTINGS.reference
-    if stats_rows is None:
-        count, mean, std = _native.group_stats(groups, num_groups, scores, ref)
-    else:
-        count, mean, std = _native.group_stats(groups[stats_rows], num_groups, scores[stats_rows], ref)
-    one = count == 1
-    if single == "zero_mean":
-        mean = np.where(one, 0.0, mean)
-    # single == "self": a group of one keeps its own value as the mean (result 0).
-    std = np.where(one, 1.0, std)
-    m, s = mean[groups], std[groups]
-    if ref:
-        x, m, s = scores.astype(np.float32), m.astype(np.float32), s.astype(np.float32)
-        out = x - m if remove_std else (x - m) / (s + np.float32(epsilon))
-        return out.astype(np.float32)
-    return scores - m if remove_std else (scores - m) / (s + epsilon)
+    """Per-group standardisation of row scores (float64; float32 values under
+    reference numerics). ``single``: what a group of one member gets,
+    ``"zero_mean"`` (mean 0, std 1: verl's episode/GRPO rule) or ``"self"``
+    (its own value as the mean: GiGPO's step rule, giving 0). ``stats_rows``
+    (row indices) restricts the statistics (verl's
+    ``compute_mean_std_cross_steps=False``)."""
+    mask = None
+    if stats_rows is not None:
+        mask = np.zeros(groups.shape[0], dtype=bool)
+        mask[stats_rows] = True
+    return _native.grouped_norm(groups, num_groups, np.ascontiguousarray(scores, dtype=np.float64), float(epsilon),
+                                bool(remove_std), single, _SETTINGS.reference, mask)
 
 
 def _anchor_ids(anchor_obs: Any, rows: int, flavour: str) -> np.ndarray:

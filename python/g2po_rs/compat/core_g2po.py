@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import _native
+from ..errors import InputError, InputTypeError
 from . import _anchor_ids, _bools, _check_mode, _check_rows, _floats, _ids, _tokens
 from . import settings as _settings
 from .core_gigpo import _episode_rows
@@ -98,40 +99,27 @@ def compute_group_aggregation_values(batch: Any, *, gamma: float = GAMMA, succes
 
 def _step_rows(step_rewards, is_action_valid, uid, n_uid, group_idx, next_group_idx, epsilon, mode, penalty):
     bs = uid.shape[0]
-    values = _floats(step_rewards, "step_rewards", bs)
-    valid = _bools(is_action_valid, "is_action_valid", bs)
-    node_idx = np.ascontiguousarray(_floats(group_idx, "group_idx", bs).astype(np.int64))
-    next_idx = np.ascontiguousarray(_floats(next_group_idx, "next_group_idx", bs).astype(np.int64))
-    node, n_nodes, own, target = _native.g2po_lookup(
-        uid, node_idx, next_idx, values, SUCCESS_REWARD, 0.0
+    return _native.g2po_step(
+        uid, n_uid,
+        _int64s(group_idx, "group_idx", bs), _int64s(next_group_idx, "next_group_idx", bs),
+        _floats(step_rewards, "step_rewards", bs), _bools(is_action_valid, "is_action_valid", bs),
+        float(epsilon), mode == "mean_std_norm", float(penalty), SUCCESS_REWARD, 0.0, _settings().reference,
     )
-    ref = _settings().reference
-    std_norm = mode == "mean_std_norm"
-    # Node-centric: the next node's value minus the penalty, standardised among
-    # the rows leaving the same node (float64 in the reference too).
-    x = target - (~valid).astype(np.float64) * penalty
-    count, mean, std = _native.group_stats(node, n_nodes, x, False)
-    m, sd, c = mean[node], std[node], count[node]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        nc = (x - m) / (sd + epsilon) if std_norm else x - m
-    nc = np.where(c > 1, nc, 0.0)
-    # Edge-centric: the TD error V(next) - V(node), standardised over the uid.
-    gain = target - own
-    if ref:
-        g32 = gain.astype(np.float32)
-        count, mean, std = _native.group_stats(uid, n_uid, g32.astype(np.float64), True)
-        m, sd = mean[uid].astype(np.float32), std[uid].astype(np.float32)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ec = (g32 - m) / (sd + np.float32(epsilon)) if std_norm else g32 - m
-        return (nc.astype(np.float32) + ec).astype(np.float32)
-    count, mean, std = _native.group_stats(uid, n_uid, gain, False)
-    m, sd, c = mean[uid], std[uid], count[uid]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ec = (gain - m) / (sd + epsilon) if std_norm else gain - m
-    # A uid of one row has no spread to standardise by (the reference's std is
-    # NaN there): no edge signal.
-    ec = np.where(c > 1, ec, 0.0) if std_norm else ec
-    return nc + ec
+
+
+def _int64s(x, argument: str, rows: int) -> np.ndarray:
+    arr = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x).reshape(-1)
+    if arr.dtype == object or arr.dtype.kind == "f":
+        as_int = arr.astype(np.int64)
+        if not np.array_equal(as_int, arr.astype(np.float64)):
+            row = int(np.flatnonzero(as_int != arr.astype(np.float64))[0])
+            raise InputError(f"{argument}, row {row}: {arr[row]!r} is not an integer node id", argument, row)
+        arr = as_int
+    if arr.dtype.kind not in "iu":
+        raise InputTypeError(f"{argument}: expected integer node ids, got dtype {arr.dtype}", argument)
+    if arr.shape[0] != rows:
+        raise InputError(f"{argument}: has {arr.shape[0]} entries but the batch has {rows} rows", argument)
+    return np.ascontiguousarray(arr, dtype=np.int64)
 
 
 def compute_step_level_advantage(
@@ -179,7 +167,7 @@ def compute_g2po_outcome_advantage(
     _check_rows(bs, step_rewards=step_rewards, response_mask=response_mask, index=index, group_idx=group_idx,
                 next_group_idx=next_group_idx, is_action_valid=is_action_valid)
     episode, uid = _episode_rows(token_level_rewards, index, traj_index, epsilon, remove_std)
-    n_uid = int(uid.max()) + 1 if bs else 0
+    n_uid = int(uid.max()) + 1
     step = _step_rows(step_rewards, is_action_valid, uid, n_uid, group_idx, next_group_idx, epsilon, mode, 0.1)
     if _settings().reference:
         scores = episode.astype(np.float32) + np.float32(step_advantage_w) * step.astype(np.float32)
