@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 
 use crate::convert;
 use crate::errors::{Failure, Fallible, from_engine, no_panic};
-use crate::native::{hash_texts, keyer};
+use crate::native::{self, keyer};
 
 /// A numpy array handed to Python.
 type Arr<'py, T> = Bound<'py, PyArray1<T>>;
@@ -97,8 +97,7 @@ pub fn text_keys<'py>(
     argument: &str,
 ) -> PyResult<Arr<'py, u64>> {
     let keyer = keyer(&canonicalizers)?;
-    let refs = convert::texts(texts, argument, None)?;
-    let keys = py.detach(|| no_panic(|| Ok(hash_texts(&keyer, &refs))))?;
+    let keys = native::text_keys(py, texts, argument, None, &keyer, &canonicalizers, None)?;
     Ok(PyArray1::from_vec(py, keys))
 }
 
@@ -239,16 +238,17 @@ pub fn g2po_phase_one<'py>(
     let trajs = convert::ids(traj, "traj_uid", Some(n))?;
     let rank = u32s(traj_rank, "traj_rank", Some(trajs.labels.len()))?;
     let reward = convert::floats(episode_reward, "episode_rewards", Some(n))?;
-    let texts = anchors.map(|a| convert::texts(a, "anchor_obs", Some(n))).transpose()?;
-    let given = keys.map(|k| convert::keys(k, "anchor_obs", Some(n))).transpose()?;
     let keyer = keyer(&canonicalizers)?;
+    let given = match (anchors, keys) {
+        (Some(a), _) => Some(native::text_keys(py, a, "anchor_obs", Some(n), &keyer, &canonicalizers, None)?),
+        (None, Some(k)) => Some(convert::keys(k, "anchor_obs", Some(n))?),
+        (None, None) => None,
+    };
 
     let (values, node, next) = py.detach(|| {
         no_panic(|| {
-            let keys = match (texts, given) {
-                (Some(t), _) => hash_texts(&keyer, &t),
-                (None, Some(k)) => k,
-                (None, None) => return Err(Failure::input("anchor_obs", None, "no anchors given")),
+            let Some(keys) = given else {
+                return Err(Failure::input("anchor_obs", None, "no anchors given"));
             };
             let num_trajs = trajs.labels.len();
             let cols = DenseColumns {

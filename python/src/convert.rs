@@ -307,6 +307,56 @@ impl TextRef {
     }
 }
 
+/// Keys of an object array of `str`, in one pass that holds the GIL: each
+/// object is prefetched whole (a compact `str` keeps its bytes right after its
+/// header) a few rows ahead and hashed as soon as it is read. For plain keys
+/// (no canonicaliser) this beats reading pointers first and hashing in
+/// parallel, since the walk is bound by memory latency, not hashing.
+pub fn text_keys_one_pass(
+    obj: &Bound<'_, PyAny>,
+    argument: &str,
+    expected: Option<usize>,
+    key: impl Fn(&str) -> u64,
+) -> Fallible<Vec<u64>> {
+    let arr = array1(obj, argument)?;
+    check_len(argument, arr.shape()[0], expected)?;
+    let objects = arr.cast::<PyArray1<Py<PyAny>>>().map_err(|_| {
+        Failure::type_(argument, None, format!("expected an object array of str, got dtype {}", dtype_name(&arr)))
+    })?;
+    let ro = objects.readonly();
+    let slice = ro.as_slice().expect("checked contiguous");
+    let py = obj.py();
+    let mut out = Vec::with_capacity(slice.len());
+    let mut prev: (usize, u64) = (0, 0);
+    for (row, item) in slice.iter().enumerate() {
+        if let Some(ahead) = slice.get(row + PREFETCH_AHEAD / 2) {
+            let p = ahead.as_ptr() as *const u8;
+            for line in 0..5 {
+                prefetch(p.wrapping_add(64 * line));
+            }
+        }
+        let address = item.as_ptr() as usize;
+        if address == prev.0 {
+            out.push(prev.1);
+            continue;
+        }
+        let bound = item.bind(py);
+        if !bound.is_instance_of::<PyString>() {
+            let ty = bound.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+            return Err(Failure::type_(argument, Some(row), format!("expected str, got {ty}")));
+        }
+        // SAFETY: a live str held by the array.
+        let bytes = unsafe { str_bytes(item.as_ptr()) }.ok_or_else(|| {
+            Failure::input(argument, Some(row), "the text cannot be encoded as UTF-8 (lone surrogate)")
+        })?;
+        // SAFETY: CPython's UTF-8 form is valid UTF-8.
+        let k = key(unsafe { std::str::from_utf8_unchecked(bytes) });
+        prev = (address, k);
+        out.push(k);
+    }
+    Ok(out)
+}
+
 /// The texts of an object array of `str`, borrowed in place. `None` or any
 /// other object on a row is an error naming the row.
 pub fn texts(obj: &Bound<'_, PyAny>, argument: &str, expected: Option<usize>) -> Fallible<Vec<TextRef>> {

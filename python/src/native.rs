@@ -60,6 +60,25 @@ pub fn hash_texts(keyer: &StateKeyer, texts: &[TextRef]) -> Vec<u64> {
     keys
 }
 
+/// Keys of an object array of `str`: one GIL-held pass when no canonicaliser
+/// runs (memory-bound), else pointers first and canonicalise + hash in
+/// parallel without the GIL (CPU-bound).
+pub fn text_keys(
+    py: Python<'_>,
+    obj: &Bound<'_, PyAny>,
+    argument: &str,
+    expected: Option<usize>,
+    keyer: &StateKeyer,
+    canonicalizers: &[String],
+    num_threads: Option<usize>,
+) -> Fallible<Vec<u64>> {
+    if canonicalizers.is_empty() {
+        return convert::text_keys_one_pass(obj, argument, expected, |t| keyer.key(t));
+    }
+    let refs = convert::texts(obj, argument, expected)?;
+    py.detach(|| no_panic(|| threads::run(num_threads, || hash_texts(keyer, &refs))))
+}
+
 /// Every estimator option, as the Python `Config` passes them.
 #[allow(clippy::too_many_arguments)]
 pub fn config(
@@ -246,15 +265,17 @@ pub fn estimate<'py>(
         Some(v) => convert::counts(v, "response_len", Some(n))?,
         None => vec![1; n],
     };
-    let texts = match (anchors, keys) {
+    let similar = matches!(cfg.grouping, Grouping::Similarity { .. });
+    let (texts, given_keys) = match (anchors, keys) {
         (Some(_), Some(_)) => return Err(Failure::input("anchors", None, "give anchors or keys, not both").into()),
         (None, None) if cfg.kind != EstimatorKind::Grpo => {
             return Err(Failure::input("anchors", None, "GiGPO and G2PO need anchors (texts) or keys").into());
         }
-        (Some(a), None) => Some(convert::texts(a, "anchors", Some(n))?),
-        _ => None,
+        (Some(a), None) if similar => (Some(convert::texts(a, "anchors", Some(n))?), None),
+        (Some(a), None) => (None, Some(text_keys(py, a, "anchors", Some(n), &keyer, &canonicalizers, num_threads)?)),
+        (None, Some(k)) => (None, Some(convert::keys(k, "keys", Some(n))?)),
+        (None, None) => (None, None),
     };
-    let given_keys = keys.map(|k| convert::keys(k, "keys", Some(n))).transpose()?;
     let num_trajs = trajs.labels.len();
     let group_index = groups.dense.clone();
 
@@ -263,20 +284,13 @@ pub fn estimate<'py>(
             threads::run(num_threads, || -> Fallible<(Advantages, RolloutBatch, Option<Vec<u32>>)> {
                 let perm = steps.as_ref().and_then(|s| step_order(&trajs.dense, s, num_trajs));
                 let anchors = match (&texts, given_keys) {
-                    (Some(t), _) if matches!(cfg.grouping, Grouping::Similarity { .. }) => {
+                    (Some(t), _) => {
                         // SAFETY: the caller's array keeps every str alive.
                         let order: Box<dyn Iterator<Item = &TextRef>> = match &perm {
                             Some(p) => Box::new(p.iter().map(|&r| &t[r as usize])),
                             None => Box::new(t.iter()),
                         };
                         DenseAnchors::texts(order.map(|t| unsafe { t.as_str() }))
-                    }
-                    (Some(t), _) => {
-                        let k = hash_texts(&keyer, t);
-                        DenseAnchors::Keys(match &perm {
-                            Some(p) => permute(&k, p),
-                            None => k,
-                        })
                     }
                     (None, Some(k)) => DenseAnchors::Keys(match &perm {
                         Some(p) => permute(&k, p),
@@ -356,8 +370,7 @@ pub fn keys<'py>(
     num_threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray1<u64>>> {
     let keyer = keyer(&canonicalizers)?;
-    let refs = convert::texts(texts, "texts", None)?;
-    let keys = py.detach(|| no_panic(|| threads::run(num_threads, || hash_texts(&keyer, &refs))))?;
+    let keys = text_keys(py, texts, "texts", None, &keyer, &canonicalizers, num_threads)?;
     Ok(PyArray1::from_vec(py, keys))
 }
 

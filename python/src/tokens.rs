@@ -100,18 +100,33 @@ pub fn broadcast<'py>(
         width: usize,
         num_threads: Option<usize>,
     ) -> Fallible<Vec<f32>> {
-        let mut out = vec![0f32; advantage.len() * width];
+        let total = advantage.len() * width;
+        let mut out: Vec<f32> = Vec::with_capacity(total);
         threads::run(num_threads, || {
             if width == 0 {
                 return;
             }
-            out.par_chunks_mut(width).with_min_len(64).enumerate().for_each(|(r, dst)| {
+            // Every element is written below, so the buffer is not zeroed first.
+            let spare = &mut out.spare_capacity_mut()[..total];
+            let contiguous = view.as_slice();
+            spare.par_chunks_mut(width).with_min_len(256).enumerate().for_each(|(r, dst)| {
                 let a = advantage[r];
-                for (d, &x) in dst.iter_mut().zip(view.row(r).iter()) {
-                    *d = a * conv(x);
+                match contiguous {
+                    Some(m) => {
+                        for (d, &x) in dst.iter_mut().zip(&m[r * width..(r + 1) * width]) {
+                            d.write(a * conv(x));
+                        }
+                    }
+                    None => {
+                        for (d, &x) in dst.iter_mut().zip(view.row(r).iter()) {
+                            d.write(a * conv(x));
+                        }
+                    }
                 }
             });
         })?;
+        // SAFETY: the loop above initialised all `total` elements (rows * width).
+        unsafe { out.set_len(total) };
         Ok(out)
     }
     let values: Fallible<Vec<f32>> = with_view!(&arr, argument, |view, conv| py.detach(|| no_panic(|| fill(
@@ -140,10 +155,15 @@ pub fn row_sums(
         num_threads: Option<usize>,
     ) -> Fallible<Vec<f64>> {
         threads::run(num_threads, || {
+            let width = view.ncols();
+            let contiguous = view.as_slice();
             (0..view.nrows())
                 .into_par_iter()
-                .with_min_len(64)
-                .map(|r| view.row(r).iter().map(|&x| conv(x) as f64).sum::<f64>())
+                .with_min_len(256)
+                .map(|r| match contiguous {
+                    Some(m) => m[r * width..(r + 1) * width].iter().map(|&x| conv(x) as f64).sum::<f64>(),
+                    None => view.row(r).iter().map(|&x| conv(x) as f64).sum::<f64>(),
+                })
                 .collect()
         })
     }
