@@ -666,3 +666,80 @@ pub fn g2po_step<'py>(
     })?;
     Ok(PyArray1::from_vec(py, step))
 }
+
+/// State keys of anchor `str` objects, remembered by object identity.
+///
+/// GiGPO's phase one sees the batch in rollout order, where anchor texts sit
+/// in memory roughly in row order; phase two gets the same `str` objects after
+/// the trainer reordered the rows, where reading them again means a cache miss
+/// per row. The cache hashes the texts once in phase one and answers phase two
+/// by address. It holds a reference to every object it remembers, so an
+/// address cannot be reused by another object while the cache lives.
+#[pyclass(module = "g2po_rs._native", frozen)]
+pub struct AnchorCache {
+    objects: Vec<Py<PyAny>>,
+    key_of: AHashMap<usize, u64>,
+}
+
+#[pymethods]
+impl AnchorCache {
+    /// Hashes every `str` of `texts` (an object array) and remembers it.
+    #[new]
+    fn new(py: Python<'_>, texts: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let keyer = keyer(&[])?;
+        let keys = convert::text_keys_one_pass(texts, "anchor_obs", None, |t| keyer.key(t))?;
+        let arr = convert::array1(texts, "anchor_obs")?;
+        let objects = arr.cast::<PyArray1<Py<PyAny>>>().expect("checked by text_keys_one_pass");
+        let ro = objects.readonly();
+        let slice = ro.as_slice().expect("contiguous");
+        let mut key_of = AHashMap::with_capacity(slice.len());
+        let mut kept = Vec::with_capacity(slice.len());
+        for (item, &k) in slice.iter().zip(&keys) {
+            if key_of.insert(item.as_ptr() as usize, k).is_none() {
+                kept.push(item.clone_ref(py));
+            }
+        }
+        Ok(Self { objects: kept, key_of })
+    }
+
+    /// Keys of `texts`: remembered objects by address, others hashed.
+    fn keys<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyAny>) -> PyResult<Arr<'py, u64>> {
+        let arr = convert::array1(texts, "anchor_obs")?;
+        let objects = arr
+            .cast::<PyArray1<Py<PyAny>>>()
+            .map_err(|_| Failure::type_("anchor_obs", None, "expected an object array of str"))?;
+        let ro = objects.readonly();
+        let slice = ro.as_slice().expect("contiguous");
+        let mut out = Vec::with_capacity(slice.len());
+        let mut missing = Vec::new();
+        for (row, item) in slice.iter().enumerate() {
+            match self.key_of.get(&(item.as_ptr() as usize)) {
+                Some(&k) => out.push(k),
+                None => {
+                    missing.push(row);
+                    out.push(0);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let keyer = keyer(&[])?;
+            for row in missing {
+                let item = slice[row].bind(py);
+                let text = item.cast::<pyo3::types::PyString>().map_err(|_| {
+                    let ty = item.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+                    Failure::type_("anchor_obs", Some(row), format!("expected str, got {ty}"))
+                })?;
+                let s = text.to_str().map_err(|_| {
+                    Failure::input("anchor_obs", Some(row), "the text cannot be encoded as UTF-8 (lone surrogate)")
+                })?;
+                out[row] = keyer.key(s);
+            }
+        }
+        Ok(PyArray1::from_vec(py, out))
+    }
+
+    /// Number of distinct objects remembered.
+    fn __len__(&self) -> usize {
+        self.objects.len()
+    }
+}

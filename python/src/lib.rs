@@ -27,6 +27,7 @@ fn threads_used(num_threads: Option<usize>) -> usize {
 fn g2po_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<native::Batch>()?;
     m.add_class::<native::Graph>()?;
+    m.add_class::<compat::AnchorCache>()?;
     m.add_function(wrap_pyfunction!(native::estimate, m)?)?;
     m.add_function(wrap_pyfunction!(native::keys, m)?)?;
     m.add_function(wrap_pyfunction!(native::canonical, m)?)?;

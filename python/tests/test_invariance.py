@@ -158,3 +158,26 @@ def test_compat_renaming(b, which):
         renamed.uid = obj([uid_map[u] for u in b.uid])
         renamed.traj_uid = obj([traj_map[t] for t in b.traj_uid])
         np.testing.assert_array_equal(_phase_two(renamed, np.arange(bs), tlr, mask, which).numpy(), base.numpy())
+
+
+def test_gigpo_anchor_cache_gives_the_same_result():
+    """The anchor cache (texts hashed in phase one, found by identity in phase
+    two) changes nothing: same tensors with it off, and objects it has not
+    seen (equal texts in new str objects) are hashed as usual."""
+    rng = np.random.default_rng(8)
+    b = rollout(rng, groups=6, n=4, max_steps=6)
+    tlr, mask = tokens(b, rng, 4, 0.1)
+    bs = len(b.uid)
+    order = rng.permutation(bs)
+    fresh = b.anchor_obs[order].copy()
+    for i in range(0, bs, 3):  # new, equal str objects on a third of the rows
+        fresh[i] = "".join(list(fresh[i]))
+    results = []
+    for cache in (True, False):
+        compat.configure(anchor_cache=cache, print_group_size=False)
+        returns = core_gigpo.compute_step_discounted_returns(data_proto(b, 4), 0.95)
+        assert (compat._ANCHORS is not None) == cache
+        results.append(core_gigpo.compute_gigpo_outcome_advantage(
+            tlr[order], returns[order], mask[order], fresh, b.uid[order], b.traj_uid[order],
+            mode="mean_std_norm")[0])
+    assert torch.equal(results[0], results[1])

@@ -59,6 +59,7 @@ class Settings:
     numerics: str = "g2po"
     numpy_major: int | None = None
     print_group_size: bool = True
+    anchor_cache: bool = True
 
     @property
     def reference(self) -> bool:
@@ -76,6 +77,8 @@ def _from_env() -> Settings:
         s.numerics = os.environ["G2PO_RS_NUMERICS"]
     if "G2PO_RS_NUMPY_MAJOR" in os.environ:
         s.numpy_major = int(os.environ["G2PO_RS_NUMPY_MAJOR"])
+    if "G2PO_RS_ANCHOR_CACHE" in os.environ:
+        s.anchor_cache = os.environ["G2PO_RS_ANCHOR_CACHE"] not in ("0", "false", "False")
     if "G2PO_RS_PRINT_GROUP_SIZE" in os.environ:
         s.print_group_size = os.environ["G2PO_RS_PRINT_GROUP_SIZE"] not in ("0", "false", "False")
     _check(s)
@@ -91,6 +94,22 @@ def _check(s: Settings) -> None:
 
 _SETTINGS = _from_env()
 
+#: GiGPO's anchor keys from the last phase one (see ``Settings.anchor_cache``).
+_ANCHORS: Any = None
+
+
+def _remember_anchors(anchor_obs: Any) -> None:
+    """Phase one: hash str anchors in rollout order for phase two."""
+    global _ANCHORS
+    _ANCHORS = None
+    if not _SETTINGS.anchor_cache:
+        return
+    if isinstance(anchor_obs, np.ndarray) and anchor_obs.ndim == 1 and anchor_obs.dtype == object:
+        try:
+            _ANCHORS = _native.AnchorCache(np.ascontiguousarray(anchor_obs))
+        except InputTypeError:
+            pass  # non-text anchors: phase two takes the generic path
+
 
 def settings() -> Settings:
     """The options in force (a copy)."""
@@ -99,9 +118,13 @@ def settings() -> Settings:
 
 def configure(**options: Any) -> Settings:
     """Sets options: ``numerics`` ("g2po" | "reference"), ``numpy_major`` (None | 1 | 2),
-    ``print_group_size`` (GiGPO's "Avg size of step-level group" line). Returns the
-    previous settings, so a test can restore them."""
-    global _SETTINGS
+    ``print_group_size`` (GiGPO's "Avg size of step-level group" line),
+    ``anchor_cache`` (GiGPO: hash the anchor texts in phase one, in rollout order, and
+    find them by object identity in phase two; holds a reference to the last batch's
+    anchors). Returns the previous settings, so a test can restore them."""
+    global _SETTINGS, _ANCHORS
+    if not options.get("anchor_cache", True):
+        _ANCHORS = None
     previous = settings()
     new = dataclasses.replace(_SETTINGS, **options)
     _check(new)
@@ -242,6 +265,8 @@ def _anchor_ids(anchor_obs: Any, rows: int, flavour: str) -> np.ndarray:
         raise InputError(f"anchor_obs: has {arr.shape[0]} rows but the batch has {rows}", "anchor_obs")
     if arr.ndim == 1 and arr.dtype == object:
         try:
+            if _ANCHORS is not None and flavour == "gigpo":
+                return _ANCHORS.keys(np.ascontiguousarray(arr))
             return _native.text_keys(np.ascontiguousarray(arr), [], "anchor_obs")
         except InputTypeError:
             pass  # not all str: the generic path below

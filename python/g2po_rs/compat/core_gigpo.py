@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _native
 from ..errors import ConfigError, InputError, InputTypeError
-from . import _anchor_ids, _check_mode, _check_rows, _floats, _grouped_norm, _ids, _token_sums, _tokens
+from . import _anchor_ids, _check_mode, _check_rows, _floats, _grouped_norm, _ids, _remember_anchors, _token_sums, _tokens
 from . import settings as _settings
 
 __all__ = [
@@ -75,6 +75,8 @@ def compute_step_discounted_returns(batch: Any, gamma: float) -> Any:
 
     Reads ``batch.non_tensor_batch['rewards']``, ``['traj_uid']`` and
     ``['active_masks']`` (every row must be active, as the reference asserts).
+    With the anchor cache on (the default), also hashes
+    ``['anchor_obs']`` for phase two (see :func:`g2po_rs.compat.configure`).
     """
     import torch
 
@@ -93,6 +95,7 @@ def compute_step_discounted_returns(batch: Any, gamma: float) -> Any:
             "active_masks",
             row,
         )
+    _remember_anchors(ntb.get("anchor_obs"))
     s = _settings()
     returns = _native.discounted_returns(traj_dense, rewards.astype(np.float64), float(gamma), s.reference and s.numpy2)
     device = batch.batch["input_ids"].device
