@@ -192,23 +192,26 @@ pub fn response_mask(lens: &[u32], max_len: Option<usize>) -> Result<Array2<f32>
     Ok(mask)
 }
 
-/// Right-pads ragged per-token rows (old log-probs, token rewards, ...) into a
-/// `[rows x max_len]` matrix, 0 outside each row.
+/// Right-pads ragged per-token rows (old log-probs, token rewards, token ids,
+/// ...) into a `[rows x max_len]` matrix, `T::default()` (0) outside each row.
 ///
 /// ```
 /// let rows: [&[f32]; 2] = [&[-0.1, -0.2], &[-0.3]];
 /// let x = g2po::broadcast::pad_ragged(rows, None)?;
 /// assert_eq!(x.as_slice().unwrap(), &[-0.1, -0.2, -0.3, 0.0]);
 /// assert!(g2po::broadcast::pad_ragged(rows, Some(1)).is_err()); // never cut silently
+/// let ids: [&[u32]; 2] = [&[7], &[8, 9]];
+/// assert_eq!(g2po::broadcast::pad_ragged(ids, None)?.as_slice().unwrap(), &[7, 0, 8, 9]);
 /// # Ok::<(), g2po::Error>(())
 /// ```
-pub fn pad_ragged<'a, I>(rows: I, max_len: Option<usize>) -> Result<Array2<f32>>
+pub fn pad_ragged<'a, T, I>(rows: I, max_len: Option<usize>) -> Result<Array2<T>>
 where
-    I: IntoIterator<Item = &'a [f32]>,
+    T: Copy + Default + 'a,
+    I: IntoIterator<Item = &'a [T]>,
     I::IntoIter: Clone,
 {
     let rows = rows.into_iter();
-    let width = layout_width(rows.clone().map(<[f32]>::len), max_len)?;
+    let width = layout_width(rows.clone().map(<[T]>::len), max_len)?;
     let mut out = zeros(rows.clone().count(), width)?;
     for (mut dst, src) in out.rows_mut().into_iter().zip(rows) {
         dst.slice_mut(ndarray::s![..src.len()]).assign(&ndarray::ArrayView1::from(src));
@@ -230,11 +233,11 @@ fn layout_width(lens: impl Iterator<Item = usize> + Clone, max_len: Option<usize
 
 /// A zeroed matrix, or a typed error when `rows * max_len` cannot be addressed
 /// or allocated (ndarray would panic on the overflow, the allocator abort).
-fn zeros(rows: usize, max_len: usize) -> Result<Array2<f32>> {
+fn zeros<T: Copy + Default>(rows: usize, max_len: usize) -> Result<Array2<T>> {
     let too_large = || Error::LayoutTooLarge { rows, max_len };
     let len = rows.checked_mul(max_len).ok_or_else(too_large)?;
     let mut data = Vec::new();
     data.try_reserve_exact(len).map_err(|_| too_large())?;
-    data.resize(len, 0.0);
+    data.resize(len, T::default());
     Array2::from_shape_vec((rows, max_len), data).map_err(|_| too_large())
 }
