@@ -766,7 +766,14 @@ impl RolloutBatch {
 
         const UNSEEN: u32 = u32::MAX;
         let mut trajs = vec![
-            TrajState { group: UNSEEN, episode_reward: 0.0, next_step: 0, first_row: 0, last_row: 0 };
+            TrajState {
+                group: UNSEEN,
+                episode_reward: 0.0,
+                next_step: 0,
+                first_row: 0,
+                last_row: 0,
+                abs_reward_sum: 0.0,
+            };
             traj_ids.len()
         ];
         let mut group_used = vec![false; group_ids.len()];
@@ -802,6 +809,7 @@ impl RolloutBatch {
                     next_step: 1,
                     first_row: row as u32,
                     last_row: row as u32,
+                    abs_reward_sum: reward[row].abs(),
                 };
             } else {
                 if state.group != g {
@@ -835,9 +843,20 @@ impl RolloutBatch {
                         found: episode_reward[row],
                     });
                 }
+                // A discounted return sums the trajectory's rewards: bounded
+                // like each reward, so it cannot overflow (as push_step).
+                let abs_reward_sum = state.abs_reward_sum + reward[row].abs();
+                if abs_reward_sum > MAX_ABS_REWARD {
+                    return Err(Error::ReturnOutOfRange {
+                        row,
+                        traj: traj_ids[t as usize].clone(),
+                        sum: abs_reward_sum,
+                    });
+                }
                 next_row[state.last_row as usize] = row as u32;
                 state.last_row = row as u32;
                 state.next_step += 1;
+                state.abs_reward_sum = abs_reward_sum;
             }
             if step.is_none() {
                 derived_steps.push(found);

@@ -57,7 +57,9 @@ class Config:
     """Every option of the three estimators (the engine's ``EstimatorConfig``).
 
     Args:
-        estimator: ``"grpo"``, ``"gigpo"`` or ``"g2po"``.
+        estimator: ``"grpo"``, ``"gigpo"``, ``"g2po"``, ``"g2po_tree"`` (history-tree nodes),
+            ``"g2po_bellman"`` (Bellman-backup node values), ``"rloo"``,
+            ``"reinforce_plus_plus_baseline"`` or ``"grpo_passk"`` (the engine's ``EstimatorKind``).
         mode: ``"mean_std_norm"`` ((x - mean) / (std + epsilon)) or ``"mean_norm"`` (x - mean).
         gamma: discount (GiGPO returns, G2PO visit values).
         epsilon: added to the std before dividing.

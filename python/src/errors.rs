@@ -97,6 +97,10 @@ pub fn from_engine(e: g2po::Error, row_of: &dyn Fn(usize) -> usize) -> Failure {
         E::NonFinite { row, field, .. } | E::RewardOutOfRange { row, field, .. } | E::Negative { row, field, .. } => {
             Failure::input(arg(field), Some(row_of(row)), message)
         }
+        E::ReturnOutOfRange { row, .. } => Failure::input("reward", Some(row_of(row)), message),
+        E::GroupTooSmall { .. } | E::UnknownGroup(_) => Failure::input("group", None, message),
+        E::TooFewTokens { .. } => Failure::input("response_len", None, message),
+        E::EmptyTrajectory { .. } => Failure::input("traj", None, message),
         E::DuplicateStep { row, .. } | E::StepOutOfOrder { row, .. } => {
             Failure::input("step", Some(row_of(row)), message)
         }

@@ -79,6 +79,11 @@ pub fn text_keys(
     py.detach(|| no_panic(|| threads::run(num_threads, || hash_texts(keyer, &refs))))
 }
 
+/// Whether an estimator groups rows into states (and so needs anchors).
+fn uses_states(kind: EstimatorKind) -> bool {
+    matches!(kind, EstimatorKind::Gigpo | EstimatorKind::G2po | EstimatorKind::G2poTree | EstimatorKind::G2poBellman)
+}
+
 /// Every estimator option, as the Python `Config` passes them.
 #[allow(clippy::too_many_arguments)]
 pub fn config(
@@ -268,8 +273,8 @@ pub fn estimate<'py>(
     let similar = matches!(cfg.grouping, Grouping::Similarity { .. });
     let (texts, given_keys) = match (anchors, keys) {
         (Some(_), Some(_)) => return Err(Failure::input("anchors", None, "give anchors or keys, not both").into()),
-        (None, None) if cfg.kind != EstimatorKind::Grpo => {
-            return Err(Failure::input("anchors", None, "GiGPO and G2PO need anchors (texts) or keys").into());
+        (None, None) if uses_states(cfg.kind) => {
+            return Err(Failure::input("anchors", None, format!("{} needs anchors (texts) or keys", cfg.kind)).into());
         }
         (Some(a), None) if similar => (Some(convert::texts(a, "anchors", Some(n))?), None),
         (Some(a), None) => (None, Some(text_keys(py, a, "anchors", Some(n), &keyer, &canonicalizers, num_threads)?)),
@@ -296,7 +301,7 @@ pub fn estimate<'py>(
                         Some(p) => permute(&k, p),
                         None => k,
                     }),
-                    // GRPO without anchors: every row its own state (unused).
+                    // An estimator without states: the anchors are unused.
                     (None, None) => DenseAnchors::Keys(vec![0; n]),
                 };
                 let cols = match &perm {

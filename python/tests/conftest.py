@@ -1,7 +1,7 @@
 """Shared fixtures: the conformance vectors and trainer-shaped batches.
 
-The vectors live in ``$G2PO_VECTORS``, else ``../shared/vectors`` beside the
-repository checkout (where CI has them).
+The vectors are the repository's ``tests/data/vectors``, ``../shared/vectors``
+beside the checkout, and ``$G2PO_VECTORS``, as for the Rust conformance test.
 """
 
 from __future__ import annotations
@@ -17,17 +17,20 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def vectors_dir() -> pathlib.Path:
-    env = os.environ.get("G2PO_VECTORS")
-    return pathlib.Path(env) if env else REPO.parent / "shared" / "vectors"
+def vector_dirs() -> list[pathlib.Path]:
+    """As the Rust conformance test: the repository's copy, ../shared/vectors
+    beside the checkout, and $G2PO_VECTORS (later folders win on equal names)."""
+    dirs = [REPO / "tests" / "data" / "vectors", REPO.parent / "shared" / "vectors"]
+    if os.environ.get("G2PO_VECTORS"):
+        dirs.append(pathlib.Path(os.environ["G2PO_VECTORS"]))
+    return [d for d in dirs if d.is_dir()]
 
 
 def vector_files() -> list[pathlib.Path]:
-    d = vectors_dir()
-    files = sorted(d.glob("*.json"))
+    files = {p.name: p for d in vector_dirs() for p in sorted(d.glob("*.json"))}
     if not files:
-        raise RuntimeError(f"no conformance vectors in {d} (set G2PO_VECTORS)")
-    return files
+        raise RuntimeError(f"no conformance vectors in {vector_dirs()} (set G2PO_VECTORS)")
+    return [files[name] for name in sorted(files)]
 
 
 def load_vector(path: pathlib.Path) -> dict:

@@ -144,3 +144,48 @@ def test_gil_is_released():
     # With the GIL held for the whole call the ticker could not run at all in
     # between; released, it ticks many times.
     assert len(inside) > 20, f"only {len(inside)} ticks during {end - start:.3f} s"
+
+
+def test_num_threads_honours_rayon_num_threads():
+    import os
+    import subprocess
+    import sys
+
+    code = "import g2po_rs; print(g2po_rs.threads_used(), g2po_rs.threads_used(5))"
+    env = {**os.environ, "RAYON_NUM_THREADS": "3"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd="/")
+    assert out.stdout.split() == ["3", "5"]
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "reinforce_plus_plus_baseline", "grpo_passk", "grpo"])
+def test_native_baselines_agree_with_the_verl_drop_ins(estimator):
+    """The engine's RLOO, REINFORCE++-baseline, pass@k and GRPO (natively) give
+    what g2po_rs.compat.core_algos gives for the same rows."""
+    torch = pytest.importorskip("torch")
+    from g2po_rs.compat import core_algos
+
+    rng = np.random.default_rng(12)
+    b = rollout(rng, groups=5, n=4, max_steps=4)
+    bs = len(b.uid)
+    ep = np.array([float(e) for e in b.episode_rewards])
+    lens = rng.integers(1, 5, size=bs)
+    est = g2po_rs.estimate(g2po_rs.Config(estimator), group=b.uid, traj=b.traj_uid, episode_reward=ep,
+                           valid=b.valid, response_len=lens)
+    L = int(lens.max())
+    mask = torch.tensor((np.arange(L)[None, :] < lens[:, None]).astype(np.int64))
+    tlr = torch.zeros(bs, L)
+    tlr[torch.arange(bs), torch.tensor(lens - 1)] = torch.tensor((ep - 0.1 * ~b.valid).astype(np.float32))
+    fn = {"rloo": "compute_rloo_outcome_advantage",
+          "reinforce_plus_plus_baseline": "compute_reinforce_plus_plus_baseline_outcome_advantage",
+          "grpo_passk": "compute_grpo_passk_outcome_advantage", "grpo": "compute_grpo_outcome_advantage"}[estimator]
+    tokens, _ = getattr(core_algos, fn)(tlr, mask, b.uid, b.traj_uid)
+    ours = g2po_rs.broadcast(est.advantage, mask)
+    np.testing.assert_allclose(ours.numpy(), tokens.numpy(), atol=1e-5, rtol=0)
+
+
+def test_native_pass_at_k_needs_two_rows():
+    with pytest.raises(g2po_rs.InputError) as err:
+        g2po_rs.estimate(g2po_rs.Config("grpo_passk"), group=obj(["a", "b", "b"]), traj=obj(["x", "y", "z"]),
+                         episode_reward=np.array([1.0, 0.0, 1.0]))
+    assert err.value.argument == "group"
