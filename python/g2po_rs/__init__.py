@@ -143,7 +143,8 @@ class Estimate:
     group, numbered in first-seen row order across the batch); G2PO adds
     ``step`` (node-centric + edge-centric), ``node_centric``, ``edge_centric``,
     ``node`` (numbered per group in first-seen row order), ``next_node`` (-1
-    success terminal, -2 failure terminal) and ``node_value``.
+    success terminal, -2 failure terminal), ``node_value`` and ``next_value``
+    (the value of where the step leads).
     """
 
     advantage: np.ndarray
@@ -155,6 +156,7 @@ class Estimate:
     node: np.ndarray | None
     next_node: np.ndarray | None
     node_value: np.ndarray | None
+    next_value: np.ndarray | None = None
     _batch: Any = dataclasses.field(repr=False, default=None)
     _group: Any = dataclasses.field(repr=False, default=None)
     _anchors: Any = dataclasses.field(repr=False, default=None)
@@ -170,6 +172,7 @@ class Estimate:
         "node",
         "next_node",
         "node_value",
+        "next_value",
     )
 
     def to_dict(self) -> dict[str, np.ndarray]:
@@ -181,7 +184,7 @@ class Estimate:
 
         ``group`` is one of the ids given as ``group=``.
         """
-        if self.next_node is None:
+        if self.next_node is None or self.next_value is None:
             raise ConfigError("graph: the state graph needs a G2PO estimate", "estimator")
         ids = self._group
         if ids.dtype == object:
@@ -193,7 +196,8 @@ class Estimate:
             raise InputError(f"group: {group!r} is not a group of this estimate", "group")
         index = int(self._group_index[first_row])
         native = _native.graph(
-            self._batch, index, self.advantage, self.node, self.next_node, self.node_value, self._anchors
+            self._batch, index, self.advantage, self.node, self.next_node, self.node_value, self.next_value,
+            self._anchors
         )
         return Graph(native)
 

@@ -360,6 +360,7 @@ pub fn estimate<'py>(
     put!("node", adv.node);
     put!("next_node", adv.next_node);
     put!("node_value", adv.node_value);
+    put!("next_value", adv.next_value);
     out.set_item("group_index", PyArray1::from_vec(py, group_index))?;
     out.set_item("batch", Batch { batch: Arc::new(batch), caller_row: perm.map(Arc::new) })?;
     Ok(out)
@@ -449,7 +450,8 @@ impl Graph {
 /// an estimate's columns. `labels`: an optional object array of the caller's
 /// anchor texts, used as node labels.
 #[pyfunction]
-#[pyo3(signature = (batch, group_index, advantage, node, next_node, node_value, labels=None))]
+#[pyo3(signature = (batch, group_index, advantage, node, next_node, node_value, next_value, labels=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn graph<'py>(
     batch: &Batch,
     group_index: usize,
@@ -457,6 +459,7 @@ pub fn graph<'py>(
     node: &Bound<'py, PyAny>,
     next_node: &Bound<'py, PyAny>,
     node_value: &Bound<'py, PyAny>,
+    next_value: &Bound<'py, PyAny>,
     labels: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Graph> {
     let b = &batch.batch;
@@ -487,6 +490,7 @@ pub fn graph<'py>(
         node: reorder_i(read_i32(node, "node")?),
         next_node: reorder_i(read_i32(next_node, "next_node")?),
         node_value: reorder_f(read_f32(node_value, "node_value")?),
+        next_value: reorder_f(read_f32(next_value, "next_value")?),
         ..Default::default()
     };
     let mut graph = StateGraph::build(b, &adv, group_index).map_err(|e| from_engine(e, &caller))?;
