@@ -65,7 +65,9 @@ pub fn factorize<'py>(
     Ok((PyArray1::from_vec(py, f.dense), n, PyArray1::from_vec(py, first)))
 }
 
-/// Dense ids of (a, b) pairs in first-seen order, and their count.
+/// Dense ids of (a, b) pairs and their count; `a` holds dense ids (0..k).
+/// Pairs are numbered group by group of `a` (rows of a group in row order),
+/// so each group's map stays small and in cache.
 #[pyfunction]
 pub fn pair_ids<'py>(
     py: Python<'py>,
@@ -74,17 +76,34 @@ pub fn pair_ids<'py>(
 ) -> PyResult<(Arr<'py, u32>, usize)> {
     let a = u32s(a, "a", None)?;
     let b = convert::keys(b, "b", Some(a.len()))?;
-    let mut map: AHashMap<(u32, u64), u32> = AHashMap::with_capacity(a.len() / 4);
-    let dense: Vec<u32> = a
-        .iter()
-        .zip(&b)
-        .map(|(&x, &y)| {
-            let next = map.len() as u32;
-            *map.entry((x, y)).or_insert(next)
-        })
-        .collect();
-    let n = map.len();
-    Ok((PyArray1::from_vec(py, dense), n))
+    let groups = a.iter().copied().max().map_or(0, |m| m as usize + 1);
+    let mut offsets = vec![0usize; groups + 1];
+    for &g in &a {
+        offsets[g as usize + 1] += 1;
+    }
+    for g in 0..groups {
+        offsets[g + 1] += offsets[g];
+    }
+    let mut cursor = offsets.clone();
+    let mut rows = vec![0u32; a.len()];
+    for (row, &g) in a.iter().enumerate() {
+        rows[cursor[g as usize]] = row as u32;
+        cursor[g as usize] += 1;
+    }
+    let mut dense = vec![0u32; a.len()];
+    let mut map: AHashMap<u64, u32> = AHashMap::new();
+    let mut next = 0u32;
+    for g in 0..groups {
+        map.clear();
+        for &row in &rows[offsets[g]..offsets[g + 1]] {
+            let id = *map.entry(b[row as usize]).or_insert(next);
+            if id == next {
+                next += 1;
+            }
+            dense[row as usize] = id;
+        }
+    }
+    Ok((PyArray1::from_vec(py, dense), next as usize))
 }
 
 /// Keys of texts (exactly the engine's), for anchors.
@@ -677,7 +696,9 @@ pub fn g2po_step<'py>(
 /// address cannot be reused by another object while the cache lives.
 #[pyclass(module = "g2po_rs._native", frozen)]
 pub struct AnchorCache {
-    objects: Vec<Py<PyAny>>,
+    /// A private copy of the anchor array: its references keep every
+    /// remembered object alive, and nobody else can replace its elements.
+    _objects: Py<PyAny>,
     key_of: AHashMap<usize, u64>,
 }
 
@@ -685,21 +706,26 @@ pub struct AnchorCache {
 impl AnchorCache {
     /// Hashes every `str` of `texts` (an object array) and remembers it.
     #[new]
-    fn new(py: Python<'_>, texts: &Bound<'_, PyAny>) -> PyResult<Self> {
+    fn new(texts: &Bound<'_, PyAny>) -> PyResult<Self> {
         let keyer = keyer(&[])?;
         let keys = convert::text_keys_one_pass(texts, "anchor_obs", None, |t| keyer.key(t))?;
-        let arr = convert::array1(texts, "anchor_obs")?;
+        // numpy copies the pointers and takes a reference to each, in order.
+        let copy = texts.call_method0("copy")?;
+        let arr = convert::array1(&copy, "anchor_obs")?;
         let objects = arr.cast::<PyArray1<Py<PyAny>>>().expect("checked by text_keys_one_pass");
         let ro = objects.readonly();
         let slice = ro.as_slice().expect("contiguous");
         let mut key_of = AHashMap::with_capacity(slice.len());
-        let mut kept = Vec::with_capacity(slice.len());
+        let mut prev = 0usize;
         for (item, &k) in slice.iter().zip(&keys) {
-            if key_of.insert(item.as_ptr() as usize, k).is_none() {
-                kept.push(item.clone_ref(py));
+            let address = item.as_ptr() as usize;
+            if address != prev {
+                key_of.insert(address, k);
+                prev = address;
             }
         }
-        Ok(Self { objects: kept, key_of })
+        drop(ro);
+        Ok(Self { _objects: copy.unbind(), key_of })
     }
 
     /// Keys of `texts`: remembered objects by address, others hashed.
@@ -740,6 +766,6 @@ impl AnchorCache {
 
     /// Number of distinct objects remembered.
     fn __len__(&self) -> usize {
-        self.objects.len()
+        self.key_of.len()
     }
 }
