@@ -25,7 +25,7 @@ enum Command {
     Graph(GraphArgs),
     /// Train the toy text policy on an environment with an estimator (one JSONL log line per iteration).
     Train(TrainArgs),
-    /// Run the GRPO / GiGPO / G2PO ablation (runs.csv, summary.md, PNG curves).
+    /// Run the estimator ablation (runs.csv, summary.md with paired differences to GRPO, truth.md, PNG curves).
     Ablate(AblateArgs),
 }
 
@@ -34,7 +34,7 @@ struct TrainArgs {
     /// Environment: chain, lost-robot, household, household-small or low-overlap.
     #[arg(long, default_value = "household")]
     env: g2po_envs::EnvKind,
-    /// Estimator: grpo, gigpo or g2po.
+    /// Estimator: grpo, gigpo, g2po, g2po_tree, g2po_bellman, rloo, reinforce_plus_plus_baseline or grpo_passk.
     #[arg(long, value_parser = parse_kind, default_value = "g2po")]
     estimator: EstimatorKind,
     /// Horizon schedule: `fixed:H`, `stepwise:6,13,20@100` or `linear:...`.
@@ -88,7 +88,7 @@ struct AblateArgs {
     #[arg(long, default_value = "results/ablation")]
     out: PathBuf,
     /// Seeds per (setting, estimator).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     seeds: usize,
     /// Tiny runs (smoke test).
     #[arg(long)]
@@ -97,7 +97,8 @@ struct AblateArgs {
 
 #[derive(Args)]
 struct EstimatorArgs {
-    /// Estimator; defaults to the vector file's, else g2po.
+    /// Estimator (grpo, gigpo, g2po, g2po_tree, g2po_bellman, rloo, reinforce_plus_plus_baseline,
+    /// grpo_passk); defaults to the vector file's, else g2po.
     #[arg(long, value_parser = parse_kind)]
     estimator: Option<EstimatorKind>,
     /// Discount gamma.
