@@ -27,13 +27,35 @@ enum Command {
     Train(TrainArgs),
     /// Run the GRPO / GiGPO / G2PO ablation (runs.csv, summary.md, PNG curves).
     Ablate(AblateArgs),
+    /// Serve one of g2po's environments over the AgentGym HTTP protocol (until killed).
+    ServeEnv(ServeEnvArgs),
+}
+
+#[derive(Args)]
+struct ServeEnvArgs {
+    /// Environment: chain, lost-robot, household, household-small or low-overlap.
+    #[arg(long)]
+    env: g2po_envs::EnvKind,
+    /// Address to listen on (loopback by default; the protocol has no authentication).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 picks a free one; the chosen URL is printed as `listening on URL`).
+    #[arg(long, default_value_t = 36001)]
+    port: u16,
+    /// Most environment instances open at once.
+    #[arg(long, default_value_t = 1024)]
+    max_instances: usize,
+    /// Worker threads answering requests.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
 }
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Environment: chain, lost-robot, household, household-small or low-overlap.
+    /// Environment: chain, lost-robot, household, household-small, low-overlap, or an
+    /// AgentGym server `agentgym:http://HOST:PORT[/PATH][?canon=..&timeout=S]`.
     #[arg(long, default_value = "household")]
-    env: g2po_envs::EnvKind,
+    env: g2po_envs::EnvSpec,
     /// Estimator: grpo, gigpo or g2po.
     #[arg(long, value_parser = parse_kind, default_value = "g2po")]
     estimator: EstimatorKind,
@@ -310,8 +332,7 @@ fn graph(args: &GraphArgs) -> g2po::Result<bool> {
 }
 
 fn train(args: &TrainArgs) -> Result<bool, TrainError> {
-    let cfg = TrainConfig {
-        env: args.env,
+    let mut cfg = TrainConfig {
         estimator: args.estimator,
         curriculum: args.curriculum.clone(),
         iterations: args.iterations,
@@ -328,6 +349,7 @@ fn train(args: &TrainArgs) -> Result<bool, TrainError> {
         eval_on_train_pool: args.eval_on_train_pool,
         ..TrainConfig::default()
     };
+    cfg.set_env(args.env.clone());
     let mut log = match &args.log {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).map_err(|source| TrainError::Io { path: p.display().to_string(), source })?,
@@ -387,6 +409,16 @@ fn ablate(args: &AblateArgs) -> Result<bool, TrainError> {
     Ok(true)
 }
 
+fn serve_env(args: &ServeEnvArgs) -> Result<bool, g2po_envs::EnvError> {
+    let config = g2po_envs::agentgym::ServerConfig { max_instances: args.max_instances, threads: args.threads };
+    let server = g2po_envs::agentgym::EnvServer::start(args.env, &format!("{}:{}", args.host, args.port), config)?;
+    // Tests and scripts wait for this line (with --port 0 it is the only way to learn the port).
+    println!("{}{}", g2po_envs::agentgym::LISTENING, server.url());
+    std::io::stdout().flush().map_err(|e| g2po_envs::EnvError::Server(format!("stdout: {e}")))?;
+    server.wait();
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
@@ -394,6 +426,7 @@ fn main() -> ExitCode {
         Command::Graph(args) => graph(args).map_err(|e| e.to_string()),
         Command::Train(args) => train(args).map_err(|e| e.to_string()),
         Command::Ablate(args) => ablate(args).map_err(|e| e.to_string()),
+        Command::ServeEnv(args) => serve_env(args).map_err(|e| e.to_string()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
