@@ -222,6 +222,37 @@ fn twx_state(sections: &mut Vec<Vec<String>>) {
     }
 }
 
+/// The fraction of observations that also occur in another rollout: the overlap measure of
+/// `docs/environments.md` (over the rollouts of one task; 0 when no state ever repeats across
+/// rollouts, 1 when every observation is seen by at least two rollouts).
+///
+/// ```
+/// use g2po_envs::agentgym::canon::shared_fraction;
+/// let r = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+/// // "a" is in both rollouts, "b" and "c" in one each: 2 of 4 observations are shared.
+/// assert_eq!(shared_fraction(&[r(&["a", "b"]), r(&["a", "c"])]), 0.5);
+/// assert_eq!(shared_fraction(&[]), 0.0);
+/// ```
+pub fn shared_fraction(rollouts: &[Vec<String>]) -> f64 {
+    use std::collections::HashMap;
+    // text -> (last rollout it was seen in, number of distinct rollouts that saw it)
+    let mut seen_in: HashMap<&str, (usize, usize)> = HashMap::new();
+    for (i, r) in rollouts.iter().enumerate() {
+        for t in r {
+            let e = seen_in.entry(t.as_str()).or_insert((i, 1));
+            if e.0 != i {
+                *e = (i, e.1 + 1);
+            }
+        }
+    }
+    let total: usize = rollouts.iter().map(Vec::len).sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let shared = rollouts.iter().flatten().filter(|t| seen_in[t.as_str()].1 >= 2).count();
+    shared as f64 / total as f64
+}
+
 /// Splits the admissible-actions line off an observation.
 ///
 /// Finds the last line that starts with `Available actions:` (or `Admissible actions:`,
