@@ -115,6 +115,22 @@ struct AblateArgs {
     /// Tiny runs (smoke test).
     #[arg(long)]
     quick: bool,
+    /// Which settings: the standard in-process ones, or TextWorld-Express over the AgentGym protocol.
+    #[arg(long, value_enum, default_value_t = Suite::Standard)]
+    suite: Suite,
+    /// For `--suite textworld-express`: the Python AgentGym server (`http://HOST:PORT`); by
+    /// default one is started on a free loopback port with the servers' Python
+    /// (`$G2PO_ENV_PYTHON`, else the virtual environment of `envs/servers/setup-venv.sh`).
+    #[arg(long)]
+    env_server: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Suite {
+    /// Lost robot (fixed and curriculum), small household, low overlap.
+    Standard,
+    /// TextWorld-Express coin collector and cooking world.
+    TextworldExpress,
 }
 
 #[derive(Args)]
@@ -397,7 +413,28 @@ fn train(args: &TrainArgs) -> Result<bool, TrainError> {
 }
 
 fn ablate(args: &AblateArgs) -> Result<bool, TrainError> {
-    let cfg = AblationConfig::standard(args.out.clone(), args.seeds, args.quick);
+    // Held for the whole run: dropping it stops the server this command started.
+    let mut started = None;
+    let cfg = match args.suite {
+        Suite::Standard => AblationConfig::standard(args.out.clone(), args.seeds, args.quick),
+        Suite::TextworldExpress => {
+            let url = match &args.env_server {
+                Some(u) => u.clone(),
+                None => {
+                    let python = g2po_envs::agentgym::find_env_python().ok_or_else(|| {
+                        TrainError::BadConfig(
+                            "no servers' Python: run envs/servers/setup-venv.sh, set G2PO_ENV_PYTHON or pass --env-server"
+                                .into(),
+                        )
+                    })?;
+                    let server = g2po_envs::agentgym::ServerProcess::python_server(&python, &[])?;
+                    eprintln!("started the Python AgentGym server at {}", server.url());
+                    started.insert(server).url().to_string()
+                }
+            };
+            AblationConfig::textworld_express(args.out.clone(), args.seeds, args.quick, &url)?
+        }
+    };
     let total = cfg.settings.len() * cfg.estimators.len() * cfg.seeds;
     let bar = indicatif::ProgressBar::new(total as u64);
     let report = run_ablation(&cfg, |done, _| bar.set_position(done as u64))?;
