@@ -237,18 +237,18 @@ impl Trainer {
             }
             _ => None,
         };
-        let update = UpdateBatch {
-            rows: set
-                .rows()
-                .zip(&adv.advantage)
-                .map(|(r, &a)| UpdateRow {
-                    observation: r.observation.clone(),
-                    action_tokens: r.tokens.clone(),
-                    old_logps: r.logps.clone(),
-                    advantage: a,
-                })
-                .collect(),
-        };
+        // The engine's padded token layout: each row's advantage on its
+        // action tokens, with the response mask.
+        let tokens = crate::broadcast::padded(&adv, &batch, None)?;
+        let rows = set
+            .rows()
+            .map(|r| UpdateRow {
+                observation: r.observation.clone(),
+                action_tokens: r.tokens.clone(),
+                old_logps: r.logps.clone(),
+            })
+            .collect();
+        let update = UpdateBatch::new(rows, tokens)?;
         let stats = self.learner.update(&self.policy, self.reference.as_ref(), &update)?;
         let mut dropped_tasks = dropped.len();
         let eval_success =
