@@ -25,7 +25,7 @@ enum Command {
     Graph(GraphArgs),
     /// Train the toy text policy on an environment with an estimator (one JSONL log line per iteration).
     Train(TrainArgs),
-    /// Run the GRPO / GiGPO / G2PO ablation (runs.csv, summary.md, PNG curves).
+    /// Run the estimator ablation (runs.csv, summary.md with paired differences to GRPO, truth.md, PNG curves).
     Ablate(AblateArgs),
     /// Serve one of g2po's environments over the AgentGym HTTP protocol (until killed).
     ServeEnv(ServeEnvArgs),
@@ -56,7 +56,7 @@ struct TrainArgs {
     /// AgentGym server `agentgym:http://HOST:PORT[/PATH][?canon=..&timeout=S]`.
     #[arg(long, default_value = "household")]
     env: g2po_envs::EnvSpec,
-    /// Estimator: grpo, gigpo or g2po.
+    /// Estimator: grpo, gigpo, g2po, g2po_tree, g2po_bellman, rloo, reinforce_plus_plus_baseline or grpo_passk.
     #[arg(long, value_parser = parse_kind, default_value = "g2po")]
     estimator: EstimatorKind,
     /// Horizon schedule: `fixed:H`, `stepwise:6,13,20@100` or `linear:...`.
@@ -110,7 +110,7 @@ struct AblateArgs {
     #[arg(long, default_value = "results/ablation")]
     out: PathBuf,
     /// Seeds per (setting, estimator).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     seeds: usize,
     /// Tiny runs (smoke test).
     #[arg(long)]
@@ -135,7 +135,8 @@ enum Suite {
 
 #[derive(Args)]
 struct EstimatorArgs {
-    /// Estimator; defaults to the vector file's, else g2po.
+    /// Estimator (grpo, gigpo, g2po, g2po_tree, g2po_bellman, rloo, reinforce_plus_plus_baseline,
+    /// grpo_passk); defaults to the vector file's, else g2po.
     #[arg(long, value_parser = parse_kind)]
     estimator: Option<EstimatorKind>,
     /// Discount gamma.

@@ -10,9 +10,14 @@ use rayon::prelude::*;
 use super::config::{EVAL_SEED_BASE, TrainConfig, TrainError};
 use super::rollouts::{RolloutSet, collect_rollouts_dropping, rollout_seed};
 use super::truth::{TruthScore, TruthTable, score_advantages};
+use crate::estimators::TurnGae;
+use crate::learner::critic::{Critic, CriticConfig, CriticStats};
 use crate::learner::{Learner, UpdateBatch, UpdateRow, UpdateStats};
 use crate::policy::Policy;
-use crate::{AdvantageEstimator, Estimator, EstimatorConfig};
+use crate::{AdvantageEstimator, Advantages, Estimator, EstimatorConfig, EstimatorKind};
+
+/// GAE's trace parameter of turn-level PPO in training (CleanRL's default; verl's is 1).
+pub const PPO_GAE_LAMBDA: f64 = 0.95;
 
 /// What one iteration did (one JSONL line of `g2po train`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -31,6 +36,9 @@ pub struct IterationLog {
     pub update: UpdateStats,
     /// Estimator advantages vs the exact ones (tabular environments only).
     pub truth: Option<TruthScore>,
+    /// The critic's update (PPO only): value loss, value clip fraction, explained variance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critic: Option<CriticStats>,
     /// Seconds since the run started.
     pub wall_s: f64,
     /// Training and evaluation tasks left out because their environment failed
@@ -46,6 +54,8 @@ pub struct Trainer {
     reference: Option<Policy>,
     learner: Learner,
     estimator: Estimator,
+    /// PPO's value network (only for [`EstimatorKind::Ppo`]).
+    critic: Option<Critic>,
     truth: Option<TruthTable>,
     task_rng: ChaCha8Rng,
 }
@@ -144,10 +154,16 @@ impl Trainer {
         lcfg.seed = rollout_seed(cfg.seed, u64::MAX, 0, 0);
         let learner = Learner::new(lcfg, &policy)?;
         let estimator = Estimator::new(EstimatorConfig::new(cfg.estimator))?;
+        let critic = match cfg.estimator {
+            EstimatorKind::Ppo => {
+                Some(Critic::new(&policy, CriticConfig::default(), rollout_seed(cfg.seed, u64::MAX, 2, 0))?)
+            }
+            _ => None,
+        };
         // Ground truth needs the exact tabular model: in-process environments only.
         let truth = if cfg.truth && cfg.agentgym.is_none() { TruthTable::new(cfg.env) } else { None };
         let task_rng = ChaCha8Rng::seed_from_u64(rollout_seed(cfg.seed, u64::MAX, 1, 0));
-        Ok(Self { cfg, policy, reference, learner, estimator, truth, task_rng })
+        Ok(Self { cfg, policy, reference, learner, estimator, critic, truth, task_rng })
     }
 
     /// The configuration.
@@ -230,7 +246,19 @@ impl Trainer {
             iteration as u64,
         )?;
         let batch = set.batch(cfg.anchor_from_key)?;
-        let adv = self.estimator.estimate(&batch)?;
+        // PPO: GAE from the critic's values of the rollouts' states; the critic
+        // trains on the returns after the policy update.
+        let mut critic_targets = None;
+        let adv = match &self.critic {
+            Some(critic) => {
+                let observations: Vec<&str> = set.rows().map(|r| r.observation.as_str()).collect();
+                let values = critic.values(&self.policy, &observations)?;
+                let gae = TurnGae::new(self.estimator.config().gamma, PPO_GAE_LAMBDA)?.estimate(&batch, &values)?;
+                critic_targets = Some((values, gae.returns));
+                Advantages { advantage: gae.advantage, episode: gae.raw_advantage, ..Default::default() }
+            }
+            None => self.estimator.estimate(&batch)?,
+        };
         let truth = match &self.truth {
             Some(table) if adv.advantage.len() >= 2 => {
                 Some(truth_score(table, &self.policy, cfg.temperature, &set, &adv.advantage)?)
@@ -250,6 +278,13 @@ impl Trainer {
             .collect();
         let update = UpdateBatch::new(rows, tokens)?;
         let stats = self.learner.update(&self.policy, self.reference.as_ref(), &update)?;
+        let critic = match (self.critic.as_mut(), critic_targets) {
+            (Some(critic), Some((values, returns))) => {
+                let observations: Vec<&str> = set.rows().map(|r| r.observation.as_str()).collect();
+                Some(critic.update(&self.policy, &observations, &values, &returns)?)
+            }
+            _ => None,
+        };
         let mut dropped_tasks = dropped.len();
         let eval_success =
             if cfg.eval_tasks > 0 && (iteration.is_multiple_of(cfg.eval_every) || iteration == cfg.iterations) {
@@ -268,6 +303,7 @@ impl Trainer {
             mean_length: set.mean_length(),
             update: stats,
             truth,
+            critic,
             wall_s: started.elapsed().as_secs_f64(),
             dropped_tasks,
         })
