@@ -22,6 +22,7 @@ fn tiny_ablation_writes_every_artefact() {
             temperature: 1.0,
             task_pool: None,
             eval_on_train_pool: false,
+            agentgym: None,
         },
         AblationSetting {
             name: "low".into(),
@@ -34,6 +35,7 @@ fn tiny_ablation_writes_every_artefact() {
             temperature: 1.0,
             task_pool: None,
             eval_on_train_pool: false,
+            agentgym: None,
         },
     ];
     cfg.estimators = vec![EstimatorKind::Grpo, EstimatorKind::G2po];

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use g2po_envs::EnvKind;
+use g2po_envs::agentgym::AgentGymSpec;
 use rayon::prelude::*;
 
 use super::config::{TrainConfig, TrainError};
@@ -37,6 +38,15 @@ use crate::curriculum::Curriculum;
 pub const HOUSEHOLD_ITERATIONS: usize = 80;
 /// Training task pool (seeds `0..N`) of the household setting.
 pub const HOUSEHOLD_TASK_POOL: u64 = 16;
+
+/// Turn cap (training and evaluation) of the TextWorld-Express settings.
+pub const TWX_HORIZON: usize = 20;
+/// Iterations of the TextWorld-Express settings.
+pub const TWX_ITERATIONS: usize = 40;
+/// Rollout temperature of the TextWorld-Express settings.
+pub const TWX_TEMPERATURE: f64 = 5.0;
+/// Training pool (data_idx `0..N`) of the TextWorld-Express settings.
+pub const TWX_TASK_POOL: u64 = 16;
 
 /// Evaluations averaged into a run's final success.
 pub const FINAL_WINDOW: usize = 5;
@@ -66,6 +76,25 @@ pub struct AblationSetting {
     /// Evaluate on the training pool (see [`TrainConfig::eval_on_train_pool`]).
     #[serde(default)]
     pub eval_on_train_pool: bool,
+    /// Run on this AgentGym environment server instead of `env` (see
+    /// [`TrainConfig::agentgym`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agentgym: Option<AgentGymSpec>,
+}
+
+impl AblationSetting {
+    /// The environment's name in tables: the built-in kind or `agentgym:URL`.
+    ///
+    /// ```
+    /// let c = g2po::train::AblationConfig::standard("x".into(), 2, true);
+    /// assert_eq!(c.settings[0].env_label(), "lost-robot");
+    /// ```
+    pub fn env_label(&self) -> String {
+        match &self.agentgym {
+            Some(s) => format!("agentgym:{s}"),
+            None => self.env.to_string(),
+        }
+    }
 }
 
 /// The whole ablation.
@@ -121,6 +150,7 @@ impl AblationConfig {
             temperature,
             task_pool: None,
             eval_on_train_pool: false,
+            agentgym: None,
         };
         Self {
             out,
@@ -150,6 +180,56 @@ impl AblationConfig {
                 TruthTableConfig::standard(seeds)
             }),
         }
+    }
+
+    /// The TextWorld-Express ablation on the Python AgentGym server at
+    /// `server` (`http://HOST:PORT`, see `envs/servers/`): the coin collector
+    /// (4 rooms with doors; cap [`TWX_HORIZON`]) and the cooking world (1
+    /// room, 1 ingredient; same cap), each [`TWX_ITERATIONS`] iterations of 4
+    /// tasks x 8 rollouts at temperature [`TWX_TEMPERATURE`], trained on a
+    /// fixed pool of [`TWX_TASK_POOL`] games and evaluated greedily on 8
+    /// held-out games; GRPO, GiGPO and G2PO. Observations go through the
+    /// TextWorld-Express canonicaliser (task on every turn, no move counter,
+    /// no action feedback). The same settings run any policy the base
+    /// configuration names (the toy policy by default). `quick` shrinks every
+    /// run (for smoke tests).
+    ///
+    /// ```
+    /// let c = g2po::train::AblationConfig::textworld_express("x".into(), 5, false, "http://127.0.0.1:36002").unwrap();
+    /// assert_eq!(c.settings.len(), 2);
+    /// assert!(c.settings.iter().all(|s| s.agentgym.is_some()));
+    /// assert!(g2po::train::AblationConfig::textworld_express("x".into(), 5, false, "127.0.0.1").is_err());
+    /// ```
+    pub fn textworld_express(out: PathBuf, seeds: usize, quick: bool, server: &str) -> Result<Self, TrainError> {
+        let iters = if quick { 4 } else { TWX_ITERATIONS };
+        let game = |name: &str, path: &str| -> Result<AblationSetting, TrainError> {
+            let spec: AgentGymSpec = format!("{}/{path}", server.trim_end_matches('/')).parse()?;
+            Ok(AblationSetting {
+                name: name.to_string(),
+                env: EnvKind::Chain, // not used: the server is
+                curriculum: Curriculum::Fixed(TWX_HORIZON),
+                eval_horizon: TWX_HORIZON,
+                iterations: iters,
+                tasks_per_iter: if quick { 2 } else { 4 },
+                eval_tasks: if quick { 2 } else { 8 },
+                temperature: TWX_TEMPERATURE,
+                task_pool: Some(TWX_TASK_POOL),
+                eval_on_train_pool: false,
+                agentgym: Some(spec),
+            })
+        };
+        Ok(Self {
+            out,
+            seeds,
+            settings: vec![
+                game("twx-coin", "textworld-express/coin")?,
+                game("twx-cooking", "textworld-express/cooking")?,
+            ],
+            estimators: vec![EstimatorKind::Grpo, EstimatorKind::Gigpo, EstimatorKind::G2po],
+            base: TrainConfig::default(),
+            // The exact-truth table needs tabular environments: none over the protocol.
+            truth: None,
+        })
     }
 
     /// Checks sizes and every run's training configuration.
@@ -186,6 +266,7 @@ impl AblationConfig {
             temperature: s.temperature,
             task_pool: s.task_pool,
             eval_on_train_pool: s.eval_on_train_pool,
+            agentgym: s.agentgym.clone(),
             seed,
             ..self.base.clone()
         }
@@ -511,7 +592,7 @@ fn write_summary(
             s,
             "- `{}`: env {}, horizon schedule `{}`, eval horizon {}, {} iterations x {} tasks x {} rollouts, {} eval tasks{}, temperature {}{}",
             st.name,
-            st.env,
+            st.env_label(),
             st.curriculum,
             st.eval_horizon,
             st.iterations,

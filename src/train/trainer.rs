@@ -2,13 +2,13 @@
 
 use std::time::Instant;
 
-use g2po_envs::{EnvKind, make_env_with_seed};
+use g2po_envs::EnvSpec;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::config::{EVAL_SEED_BASE, TrainConfig, TrainError};
-use super::rollouts::{RolloutSet, collect_rollouts, rollout_seed};
+use super::rollouts::{RolloutSet, collect_rollouts_dropping, rollout_seed};
 use super::truth::{TruthScore, TruthTable, score_advantages};
 use crate::estimators::TurnGae;
 use crate::learner::critic::{Critic, CriticConfig, CriticStats};
@@ -41,6 +41,10 @@ pub struct IterationLog {
     pub critic: Option<CriticStats>,
     /// Seconds since the run started.
     pub wall_s: f64,
+    /// Training and evaluation tasks left out because their environment failed
+    /// (a remote server that was dead, slow or garbled; always 0 in process).
+    #[serde(default)]
+    pub dropped_tasks: usize,
 }
 
 /// A training run: policy, learner, estimator and schedule.
@@ -64,6 +68,8 @@ impl std::fmt::Debug for Trainer {
 
 /// Greedy success rate of `policy` on `tasks` with turn cap `horizon`
 /// (evaluation rollouts run in parallel; greedy play is deterministic).
+/// A task whose environment fails is left out of the rate (see
+/// [`evaluate_dropping`]).
 ///
 /// ```
 /// use g2po::policy::{Policy, PolicyConfig};
@@ -75,18 +81,37 @@ impl std::fmt::Debug for Trainer {
 /// assert_eq!(rate, (one(0) + one(1)) / 2.0);
 /// assert_eq!(g2po::train::evaluate(&p, chain, &[], 10).unwrap(), 0.0);
 /// ```
-pub fn evaluate(policy: &Policy, env: EnvKind, tasks: &[u64], horizon: usize) -> Result<f64, TrainError> {
+pub fn evaluate(policy: &Policy, env: impl Into<EnvSpec>, tasks: &[u64], horizon: usize) -> Result<f64, TrainError> {
+    evaluate_dropping(policy, env, tasks, horizon).map(|(rate, _)| rate)
+}
+
+/// [`evaluate`], also returning how many tasks were left out because their
+/// environment failed; when every task fails, the first failure is the error.
+///
+/// ```
+/// use g2po::policy::{Policy, PolicyConfig};
+/// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 0).unwrap();
+/// let (_, dropped) = g2po::train::evaluate_dropping(&p, g2po_envs::EnvKind::Chain, &[0], 10).unwrap();
+/// assert_eq!(dropped, 0);
+/// ```
+pub fn evaluate_dropping(
+    policy: &Policy,
+    env: impl Into<EnvSpec>,
+    tasks: &[u64],
+    horizon: usize,
+) -> Result<(f64, usize), TrainError> {
     if tasks.is_empty() {
-        return Ok(0.0);
+        return Ok((0.0, 0));
     }
-    let wins = tasks
+    let env = env.into();
+    let results: Vec<Result<bool, TrainError>> = tasks
         .par_iter()
         .map(|&task| -> Result<bool, TrainError> {
-            let mut e = make_env_with_seed(env, task);
-            let mut obs = e.reset(task);
+            let mut e = env.make(task);
+            let mut obs = e.try_reset(task)?;
             for _ in 0..horizon {
                 let i = policy.greedy(&obs.text, &obs.admissible)?;
-                let out = e.step(&obs.admissible[i]);
+                let out = e.try_step(&obs.admissible[i])?;
                 if out.done {
                     return Ok(out.success);
                 }
@@ -94,8 +119,22 @@ pub fn evaluate(policy: &Policy, env: EnvKind, tasks: &[u64], horizon: usize) ->
             }
             Ok(false)
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(wins.iter().filter(|&&w| w).count() as f64 / tasks.len() as f64)
+        .collect();
+    let (mut wins, mut played, mut first_failure) = (0usize, 0usize, None);
+    for r in results {
+        match r {
+            Ok(w) => {
+                played += 1;
+                wins += usize::from(w);
+            }
+            Err(TrainError::Env(e)) => first_failure = first_failure.or(Some(e)),
+            Err(other) => return Err(other),
+        }
+    }
+    match first_failure {
+        Some(e) if played == 0 => Err(TrainError::Env(e)),
+        _ => Ok((wins as f64 / played as f64, tasks.len() - played)),
+    }
 }
 
 impl Trainer {
@@ -125,7 +164,8 @@ impl Trainer {
             }
             _ => None,
         };
-        let truth = if cfg.truth { TruthTable::new(cfg.env) } else { None };
+        // Ground truth needs the exact tabular model: in-process environments only.
+        let truth = if cfg.truth && cfg.agentgym.is_none() { TruthTable::new(cfg.env) } else { None };
         let task_rng = ChaCha8Rng::seed_from_u64(rollout_seed(cfg.seed, u64::MAX, 1, 0));
         Ok(Self { cfg, policy, reference, learner, estimator, critic, truth, task_rng })
     }
@@ -198,9 +238,10 @@ impl Trainer {
         let tasks = self.draw_tasks();
         let cfg = &self.cfg;
         let horizon = cfg.curriculum.horizon(iteration as u64);
-        let set = collect_rollouts(
+        let env = cfg.env_spec();
+        let (set, dropped) = collect_rollouts_dropping(
             &self.policy,
-            cfg.env,
+            env.clone(),
             &tasks,
             cfg.rollouts_per_task,
             horizon,
@@ -248,10 +289,13 @@ impl Trainer {
             }
             _ => None,
         };
+        let mut dropped_tasks = dropped.len();
         let eval_success =
             if cfg.eval_tasks > 0 && (iteration.is_multiple_of(cfg.eval_every) || iteration == cfg.iterations) {
                 let h = cfg.eval_horizon.unwrap_or(horizon);
-                Some(evaluate(&self.policy, cfg.env, &self.eval_tasks(), h)?)
+                let (rate, left_out) = evaluate_dropping(&self.policy, env, &self.eval_tasks(), h)?;
+                dropped_tasks += left_out;
+                Some(rate)
             } else {
                 None
             };
@@ -265,6 +309,7 @@ impl Trainer {
             truth,
             critic,
             wall_s: started.elapsed().as_secs_f64(),
+            dropped_tasks,
         })
     }
 
