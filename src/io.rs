@@ -567,6 +567,8 @@ struct Chunk<'a> {
     lines: Vec<usize>,
     /// Newlines in the chunk.
     newlines: usize,
+    /// Bytes of anchor text in its rows.
+    text_bytes: usize,
     /// The first bad row: (row, line within the chunk, why).
     fault: Option<(usize, usize, Fault)>,
 }
@@ -574,7 +576,13 @@ struct Chunk<'a> {
 const LINE_EOF: &str = "the line ends inside the row object (each row is one complete JSON object on one line)";
 
 fn parse_chunk(text: &[u8]) -> Chunk<'_> {
-    let mut chunk = Chunk::default();
+    let newlines = memchr::memchr_iter(b'\n', text).count();
+    let mut chunk = Chunk {
+        rows: Vec::with_capacity(newlines + 1),
+        lines: Vec::with_capacity(newlines + 1),
+        newlines,
+        ..Chunk::default()
+    };
     let mut start = 0;
     let mut line = 0;
     let ends = memchr::memchr_iter(b'\n', text).chain((text.last() != Some(&b'\n')).then_some(text.len()));
@@ -587,6 +595,9 @@ fn parse_chunk(text: &[u8]) -> Chunk<'_> {
         }
         match parse_row(current, LINE_EOF) {
             Ok(row) => {
+                if let ParsedAnchor::Text(text) = &row.anchor {
+                    chunk.text_bytes += text.len();
+                }
                 chunk.rows.push(row);
                 chunk.lines.push(line - 1);
             }
@@ -600,7 +611,6 @@ fn parse_chunk(text: &[u8]) -> Chunk<'_> {
             }
         }
     }
-    chunk.newlines = memchr::memchr_iter(b'\n', text).count();
     chunk
 }
 
@@ -641,7 +651,8 @@ fn parse_jsonl(bytes: &[u8], source_name: &str) -> Result<Input> {
         return Err(fault.into_error(source_name, line_base + line + 1, row_base + row, ""));
     }
 
-    let mut builder = RolloutBatch::builder();
+    let text_bytes = chunks.iter().map(|c| c.text_bytes).sum();
+    let mut builder = BatchBuilder::with_capacity(row_base, text_bytes);
     let mut lines = Vec::with_capacity(row_base);
     let mut line_base = 0;
     for chunk in &chunks {

@@ -404,29 +404,26 @@ fn readme_command_line_examples_run_as_written() {
             let written = std::fs::read_to_string(dir.path().join(args[pos + 1])).unwrap();
             assert!(written.lines().count() > 100, "{command}: {} rows", written.lines().count());
         }
-        match rest {
-            Some(pipe) => {
-                let dot = String::from_utf8(out.stdout).unwrap();
-                assert!(dot.starts_with("digraph") && dot.contains("->"), "{command}");
-                let (dot_command, target) = pipe.split_once(" > ").expect("dot ... > file");
-                if has_dot {
-                    let mut words = dot_command.split_whitespace();
-                    let mut child = Command::new(words.next().unwrap())
-                        .args(words)
-                        .stdin(std::process::Stdio::piped())
-                        .stdout(std::process::Stdio::piped())
-                        .spawn()
-                        .unwrap();
-                    use std::io::Write;
-                    child.stdin.take().unwrap().write_all(dot.as_bytes()).unwrap();
-                    let image = child.wait_with_output().unwrap();
-                    assert!(image.status.success() && image.stdout.starts_with(b"\x89PNG"), "{pipe}");
-                    std::fs::write(dir.path().join(target.trim()), image.stdout).unwrap();
-                } else {
-                    eprintln!("graphviz `dot` is not installed: checked the DOT text only for `{pipe}`");
-                }
+        if let Some(pipe) = rest {
+            let dot = String::from_utf8(out.stdout).unwrap();
+            assert!(dot.starts_with("digraph") && dot.contains("->"), "{command}");
+            let (dot_command, target) = pipe.split_once(" > ").expect("dot ... > file");
+            if has_dot {
+                let mut words = dot_command.split_whitespace();
+                let mut child = Command::new(words.next().unwrap())
+                    .args(words)
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(dot.as_bytes()).unwrap();
+                let image = child.wait_with_output().unwrap();
+                assert!(image.status.success() && image.stdout.starts_with(b"\x89PNG"), "{pipe}");
+                std::fs::write(dir.path().join(target.trim()), image.stdout).unwrap();
+            } else {
+                eprintln!("graphviz `dot` is not installed: checked the DOT text only for `{pipe}`");
             }
-            None => {}
         }
     }
 }

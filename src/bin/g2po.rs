@@ -350,10 +350,15 @@ fn advantages(args: &AdvantagesArgs) -> g2po::Result<bool> {
     let adv = estimator.estimate(&input.batch).map_err(|e| input.locate(e))?;
     destination.write(|out: &mut dyn Write| g2po::io::write_jsonl(&adv, out)).map_err(|e| input.locate(e))?;
     summarise(&input, &adv, estimator.name(), args.summary_groups)?;
-    match expected {
-        Some(expected) => Ok(report_check(&input, &g2po::io::compare(&adv, expected))),
-        None => Ok(true),
-    }
+    let ok = match expected {
+        Some(expected) => report_check(&input, &g2po::io::compare(&adv, expected)),
+        None => true,
+    };
+    // The process ends next: handing a large batch's buffers back to the
+    // allocator one by one would only cost time.
+    std::mem::forget(adv);
+    std::mem::forget(input);
+    Ok(ok)
 }
 
 /// The stderr summary, computed for the groups it shows only, from what the

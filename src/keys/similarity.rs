@@ -247,18 +247,40 @@ pub fn real_quick_ratio(a: &str, b: &str) -> f64 {
     ratio_of(la.min(lb), la, lb)
 }
 
-/// Histogram buckets: one per ASCII code point, 64 shared by the rest.
-const BUCKETS: usize = 128 + 64;
+/// The fewest matched code points with which `len_a` and `len_b` reach
+/// `threshold` (`None` if even `min(len_a, len_b)` does not). Every bound
+/// below is compared with it: `ratio_of` grows with the matched count, so
+/// "bound < need" is exactly "ratio from the bound < threshold".
+fn needed_matches(len_a: usize, len_b: usize, threshold: f64) -> Option<usize> {
+    let most = len_a.min(len_b);
+    let guess = (threshold * (len_a + len_b) as f64 / 2.0).ceil();
+    let mut need = if guess.is_nan() { most + 1 } else { guess.clamp(0.0, (most + 1) as f64) as usize };
+    while need > 0 && ratio_of(need - 1, len_a, len_b) >= threshold {
+        need -= 1;
+    }
+    while need <= most && ratio_of(need, len_a, len_b) < threshold {
+        need += 1;
+    }
+    (need <= most).then_some(need)
+}
+
+/// Histogram buckets: one per ASCII code point; the rest share the 32
+/// control-character buckets, which can only raise an overlap.
+const BUCKETS: usize = 128;
 
 fn bucket(c: char) -> usize {
     let c = c as usize;
-    if c < 128 { c } else { 128 + c % 64 }
+    if c < 128 { c } else { c % 32 }
 }
 
-/// Code-point counts by bucket. Absent for texts so long that a count could
-/// overflow `u16`; those pairs skip this bound.
+/// Code-point counts by bucket, in bytes when every count fits (the common
+/// case, and four times cheaper to compare), else in `u16`. Absent for texts
+/// so long that a count could overflow `u16`; those pairs skip this bound.
 #[derive(Debug, Clone)]
-struct Histogram(Box<[u16; BUCKETS]>);
+enum Histogram {
+    Narrow(Box<[u8; BUCKETS]>),
+    Wide(Box<[u16; BUCKETS]>),
+}
 
 impl Histogram {
     fn of(chars: &[char]) -> Option<Self> {
@@ -269,17 +291,38 @@ impl Histogram {
         for &c in chars {
             counts[bucket(c)] += 1;
         }
-        Some(Self(counts))
+        if counts.iter().all(|&n| n <= u16::from(u8::MAX)) {
+            Some(Histogram::Narrow(Box::new(counts.map(|n| n as u8))))
+        } else {
+            Some(Histogram::Wide(counts))
+        }
     }
 
-    /// An upper bound of the number of code points the two texts can match.
+    fn wide(&self) -> [u16; BUCKETS] {
+        match self {
+            Histogram::Narrow(counts) => counts.map(u16::from),
+            Histogram::Wide(counts) => **counts,
+        }
+    }
+
+    /// An upper bound of the number of code points the two texts can match
+    /// (difflib's `quick_ratio` numerator, for ASCII exactly).
     fn overlap(&self, other: &Self) -> usize {
-        self.0.iter().zip(other.0.iter()).map(|(&x, &y)| u32::from(x.min(y))).sum::<u32>() as usize
+        match (self, other) {
+            (Histogram::Narrow(x), Histogram::Narrow(y)) => {
+                x.iter().zip(y.iter()).map(|(&x, &y)| u32::from(x.min(y))).sum::<u32>() as usize
+            }
+            _ => {
+                let (x, y) = (self.wide(), other.wide());
+                x.iter().zip(y.iter()).map(|(&x, &y)| u32::from(x.min(y))).sum::<u32>() as usize
+            }
+        }
     }
 }
 
-/// Bit masks of a text's positions per code point, for the bit-parallel
-/// longest common subsequence (Allison and Dix; Hyyrö's formulation).
+/// Bit masks of a text's positions per code point, for a bit-parallel
+/// longest common subsequence (Allison and Dix; Hyyrö's formulation) kept to
+/// the diagonal band that any matching of the needed size must stay in.
 struct PositionMasks {
     words: usize,
     /// Row of masks per code point; row 0 is all zeros (code points absent
@@ -296,7 +339,7 @@ impl PositionMasks {
         for (i, &c) in chars.iter().enumerate() {
             let row = match table.row(c) {
                 0 => {
-                    let next = (table.masks.len() / words.max(1)) as u32;
+                    let next = (table.masks.len() / words) as u32;
                     table.masks.resize(table.masks.len() + words, 0);
                     if (c as usize) < 128 {
                         table.ascii[c as usize] = next;
@@ -316,32 +359,76 @@ impl PositionMasks {
         if (c as usize) < 128 { self.ascii[c as usize] } else { self.other.get(&c).copied().unwrap_or(0) }
     }
 
-    /// Length of the longest common subsequence of the masked text and `b`.
-    fn lcs(&self, len: usize, b: &[char], v: &mut Vec<u64>) -> usize {
-        if self.words == 0 {
+    /// The longest common subsequence of the masked text `a` (of `len_a`
+    /// code points) and `b` that pairs `a[i]` with `b[j]` only for
+    /// `j - below <= i <= j + above`; or, as soon as the count can no longer
+    /// reach `need`, some value below `need`.
+    ///
+    /// Why the band: in a common subsequence of size `m`, the `r`-th pair
+    /// `(i, j)` has `i - r` unmatched positions of `a` before it and `j - r`
+    /// of `b`, so `-(len_b - m) <= i - j <= len_a - m`. With `m >= need`,
+    /// `above = len_a - need` and `below = len_b - need` keep every pair, so
+    /// the banded count still bounds difflib's matches from above; and the
+    /// band is narrow (under 64 positions at a threshold of 0.95 for texts
+    /// of 300 code points), so each column of `b` costs a word or two.
+    ///
+    /// Only the words under the band are updated. Below it, bits no longer
+    /// change (no match, and no carry comes up from further below); above
+    /// it, bits are still all ones, so a carry leaving the band passes
+    /// through them and out of the top, leaving them as they were.
+    fn banded_lcs(&self, len_a: usize, b: &[char], above: usize, below: usize, need: usize, v: &mut Vec<u64>) -> usize {
+        if len_a == 0 || b.is_empty() {
             return 0;
         }
         v.clear();
         v.resize(self.words, !0);
-        for &c in b {
-            let row = self.row(c) as usize;
-            if row == 0 {
-                continue;
+        let lcs_in = |v: &[u64], from: usize, to: usize| -> usize {
+            v[from..=to].iter().map(|w| w.count_zeros() as usize).sum::<usize>()
+        };
+        // Matches in the words that have left the band.
+        let mut settled = 0;
+        let mut settled_words = 0;
+        for (j, &c) in b.iter().enumerate() {
+            let first = j.saturating_sub(below);
+            if first >= len_a {
+                break;
             }
-            let m = &self.masks[row * self.words..(row + 1) * self.words];
-            let mut carry = 0u64;
-            for (vw, &mw) in v.iter_mut().zip(m) {
-                let u = *vw & mw;
-                let (sum, c1) = vw.overflowing_add(u);
-                let (sum, c2) = sum.overflowing_add(carry);
-                carry = u64::from(c1 | c2);
-                *vw = sum | (*vw & !mw);
+            let last = (j + above).min(len_a - 1);
+            let (lo, hi) = (first / 64, last / 64);
+            while settled_words < lo {
+                settled += v[settled_words].count_zeros() as usize;
+                settled_words += 1;
+            }
+            let row = self.row(c) as usize;
+            if row != 0 {
+                let masks = &self.masks[row * self.words..(row + 1) * self.words];
+                let mut carry = 0u64;
+                for w in lo..=hi {
+                    let band = band_mask(w, first, last);
+                    let m = masks[w] & band;
+                    let vw = v[w];
+                    let u = vw & m;
+                    let (sum, c1) = vw.overflowing_add(u);
+                    let (sum, c2) = sum.overflowing_add(carry);
+                    carry = u64::from(c1 | c2);
+                    v[w] = sum | (vw & !m);
+                }
+            }
+            // Each remaining column adds at most one.
+            if j % 16 == 15 && settled + lcs_in(v, lo, hi) + (b.len() - 1 - j) < need {
+                return 0;
             }
         }
-        // Zero bits among the text's positions are the matched ones.
-        let ones: usize = v.iter().map(|w| w.count_ones() as usize).sum();
-        len - (ones - (self.words * 64 - len))
+        // Padding bits above `len_a` stay ones: zeros are matches.
+        settled + lcs_in(v, settled_words, self.words - 1)
     }
+}
+
+/// Ones at the positions `first..=last` that fall in word `w`.
+fn band_mask(w: usize, first: usize, last: usize) -> u64 {
+    let (lo, hi) = (first.max(w * 64) - w * 64, last.min(w * 64 + 63) - w * 64);
+    let upto = if hi == 63 { !0 } else { (1u64 << (hi + 1)) - 1 };
+    upto & !((1u64 << lo) - 1)
 }
 
 /// A text ready to be compared with representatives.
@@ -380,16 +467,17 @@ impl ScanState {
 /// Whether `ratio(query, rep) >= threshold`, trying the bounds first.
 fn matches(query: &Query, rep: &Representative, threshold: f64, state: &mut ScanState) -> bool {
     let (la, lb) = (query.chars.len(), rep.matcher.b.len());
-    if ratio_of(la.min(lb), la, lb) < threshold {
+    // Also the length bound (difflib's real_quick_ratio).
+    let Some(need) = needed_matches(la, lb, threshold) else {
         return false;
-    }
+    };
     if let (Some(q), Some(r)) = (&query.histogram, &rep.histogram)
-        && ratio_of(q.overlap(r), la, lb) < threshold
+        && q.overlap(r) < need
     {
         return false;
     }
     let masks = state.masks.get_or_init(|| PositionMasks::of(&query.chars));
-    if ratio_of(masks.lcs(la, &rep.matcher.b, &mut state.lcs_work), la, lb) < threshold {
+    if masks.banded_lcs(la, &rep.matcher.b, la - need, lb - need, need, &mut state.lcs_work) < need {
         return false;
     }
     rep.matcher.ratio_chars(&query.chars) >= threshold
@@ -549,32 +637,66 @@ mod tests {
         assert!((ratio("ab", "ba") - 0.5).abs() < 1e-12);
     }
 
-    fn naive_lcs(a: &[char], b: &[char]) -> usize {
-        let mut row = vec![0usize; b.len() + 1];
-        for &x in a {
-            let mut diagonal = 0;
-            for (j, &y) in b.iter().enumerate() {
-                let above = row[j + 1];
-                row[j + 1] = if x == y { diagonal + 1 } else { above.max(row[j]) };
-                diagonal = above;
+    /// The longest common subsequence pairing a[i] with b[j] only inside the band.
+    fn naive_banded_lcs(a: &[char], b: &[char], above: usize, below: usize) -> usize {
+        let mut table = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+        for i in 0..a.len() {
+            for j in 0..b.len() {
+                let in_band = i <= j + above && j <= i + below;
+                let diagonal = if in_band && a[i] == b[j] { table[i][j] + 1 } else { 0 };
+                table[i + 1][j + 1] = diagonal.max(table[i][j + 1]).max(table[i + 1][j]);
             }
         }
-        row[b.len()]
+        table[a.len()][b.len()]
     }
 
     #[test]
-    fn bit_parallel_lcs_matches_the_dynamic_programme() {
+    fn banded_lcs_matches_the_dynamic_programme_and_bounds_difflib() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let mut work = Vec::new();
-        for _ in 0..300 {
-            let alphabet: Vec<char> = "ab cdé€".chars().take(rng.random_range(1..=7)).collect();
-            let (la, lb) = (rng.random_range(0..200), rng.random_range(0..200));
+        for case in 0..400 {
+            let alphabet: Vec<char> = "ab cdé€xyz".chars().take(rng.random_range(1..=10)).collect();
+            let (la, lb) = (rng.random_range(0..300), rng.random_range(0..300));
+            let (above, below) = (rng.random_range(0..la.max(1) + 5), rng.random_range(0..lb.max(1) + 5));
             let mut text =
                 |n: usize| -> Vec<char> { (0..n).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect() };
-            let (a, b) = (text(la), text(lb));
+            let a = text(la);
+            // b: a copy of a with a few edits, or an unrelated text.
+            let mut b = if case % 2 == 0 { a.clone() } else { text(lb) };
+            for _ in 0..rng.random_range(0..6) {
+                let i = rng.random_range(0..=b.len());
+                if i < b.len() && rng.random_bool(0.5) {
+                    b.remove(i);
+                } else {
+                    b.insert(i, alphabet[rng.random_range(0..alphabet.len())]);
+                }
+            }
             let masks = PositionMasks::of(&a);
-            assert_eq!(masks.lcs(a.len(), &b, &mut work), naive_lcs(&a, &b), "{a:?} / {b:?}");
+            // need = 0 never stops early: the exact banded count.
+            let want = naive_banded_lcs(&a, &b, above, below);
+            assert_eq!(masks.banded_lcs(a.len(), &b, above, below, 0, &mut work), want, "case {case}");
+            // With the band of a needed size, difflib's matches are never above it.
+            let matched = Matcher::from_chars(b.clone()).matching_size(&a);
+            for need in [matched / 2, matched, matched + 1] {
+                if need > a.len().min(b.len()) {
+                    continue;
+                }
+                let bound = masks.banded_lcs(a.len(), &b, a.len() - need, b.len() - need, need, &mut work);
+                if matched >= need {
+                    assert!(bound >= matched, "case {case}: need {need}, matched {matched}, bound {bound}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn needed_matches_is_the_exact_threshold_of_the_ratio() {
+        for (la, lb) in [(0, 0), (1, 0), (278, 281), (7, 3), (1000, 999)] {
+            for t in [0.0, 0.3, 0.9, 0.95, 0.999, 1.0, 1.5, f64::NAN, -1.0] {
+                let want = (0..=la.min(lb)).find(|&m| ratio_of(m, la, lb) >= t);
+                assert_eq!(needed_matches(la, lb, t), want, "{la} {lb} {t}");
+            }
         }
     }
 
@@ -607,9 +729,15 @@ mod tests {
             let (qa, qb) = (Query::new(a), Query::new(b));
             let m = Matcher::new(b);
             let exact = m.matching_size(&qa.chars);
-            let lcs = PositionMasks::of(&qa.chars).lcs(qa.chars.len(), &qb.chars, &mut Vec::new());
+            let (la, lb) = (qa.chars.len(), qb.chars.len());
+            let lcs = PositionMasks::of(&qa.chars).banded_lcs(la, &qb.chars, la, lb, 0, &mut Vec::new());
             let hist = qa.histogram.as_ref().unwrap().overlap(qb.histogram.as_ref().unwrap());
-            assert!(exact <= lcs && lcs <= hist && hist <= qa.chars.len().min(qb.chars.len()), "{a} {b}");
+            assert!(exact <= lcs && lcs <= hist && hist <= la.min(lb), "{a} {b}");
         }
+        // Counts over 255 take the wide histogram.
+        let long = "a".repeat(300) + "b";
+        let (x, y) = (Query::new(&long), Query::new("aab"));
+        assert!(matches!(x.histogram, Some(Histogram::Wide(_))));
+        assert_eq!(x.histogram.as_ref().unwrap().overlap(y.histogram.as_ref().unwrap()), 3);
     }
 }
