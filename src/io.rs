@@ -859,6 +859,7 @@ impl<'a> OutputColumns<'a> {
             ("edge_centric", &adv.edge_centric),
             ("step_return", &adv.step_return),
             ("node_value", &adv.node_value),
+            ("next_value", &adv.next_value),
         ];
         let ints = [(id_name, &adv.node), ("next_node", &adv.next_node)];
         let floats: Vec<(&str, &[f32])> =

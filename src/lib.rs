@@ -29,7 +29,8 @@
 //! ## Features
 //!
 //! The engine (everything above: [`rollout`], [`keys`], [`estimators`],
-//! [`broadcast`], [`graph`], [`io`], [`curriculum`]) is always built and
+//! [`broadcast`], [`graph`], [`io`], [`curriculum`], and the GRPO loss on
+//! plain slices, [`loss`]) is always built and
 //! depends on no tensor library, CLI or environment crate; depend on
 //! `g2po = { version = "0.1", default-features = false }` to get only that.
 //!
@@ -38,7 +39,7 @@
 //! | `learner` | the GRPO learner and the toy policy on candle (CPU) |
 //! | `train` | `learner` + rollouts, trainer, ground truth, ablation over `g2po-envs` |
 //! | `cli` (default) | `train` + the `g2po` program |
-//! | `nvrtc` | the CUDA kernels of `kernels/`, compiled at run time by NVRTC |
+//! | `nvrtc` | the CUDA kernels of `kernels/`, compiled at run time by NVRTC (no tensor library) |
 //! | `cuda` | `nvrtc` + `learner` + candle's CUDA backend |
 
 pub mod broadcast;
@@ -52,6 +53,7 @@ pub mod io;
 pub mod keys;
 #[cfg(feature = "learner")]
 pub mod learner;
+pub mod loss;
 #[cfg(feature = "learner")]
 pub mod policy;
 pub mod rollout;

@@ -324,6 +324,35 @@ fn negative_numbers_are_values() {
     std::fs::write(&input, good_rows()).unwrap();
     let out = bin().args(["advantages", "--invalid-penalty", "-0.5", "--input"]).arg(&input).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    // Parsed as a value, then refused by the range check, which names it.
+    for gamma in [["--gamma", "-1"].as_slice(), &["--gamma=-1"]] {
+        let out = bin().arg("advantages").args(gamma).arg("--input").arg(&input).output().unwrap();
+        let stderr = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("gamma") && !stderr.contains("unexpected argument"), "{stderr}");
+    }
+}
+
+#[test]
+fn train_arguments_are_checked_in_user_terms() {
+    let out = bin().args(["train", "--env", "nope"]).output().unwrap();
+    let stderr_text = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr_text}");
+    for name in ["chain", "lost-robot", "household", "household-small", "low-overlap"] {
+        assert!(stderr_text.contains(name), "{name} missing: {stderr_text}");
+    }
+    for flag in ["--tasks", "--rollouts", "--iterations", "--eval-horizon", "--task-pool"] {
+        let out = bin().args(["train", "--env", "chain", flag, "0"]).output().unwrap();
+        let stderr = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(flag) && stderr.contains("at least 1"), "{flag}: {stderr}");
+        assert!(!stderr.contains("_per_") && !stderr.contains("task_pool"), "{flag}: internal names: {stderr}");
+    }
+    // A negative value reaches the range check instead of reading as a flag.
+    let out = bin().args(["train", "--env", "chain", "--iterations", "1", "--temperature", "-1"]).output().unwrap();
+    let stderr = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("temperature") && !stderr.contains("unexpected argument"), "{stderr}");
 }
 
 #[test]
@@ -334,6 +363,11 @@ fn train_on_cuda_without_the_feature_is_a_clear_error() {
     if !cfg!(feature = "cuda") {
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains("`cuda` feature"), "{stderr}");
+    } else if !out.status.success() {
+        // A cuda build trains on a GPU when there is one, and says why not otherwise.
+        assert_ne!(std::env::var("G2PO_REQUIRE_GPU").as_deref(), Ok("1"), "no GPU training: {stderr}");
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("is not usable on this machine"), "{stderr}");
     }
     let bad = bin().args(["train", "--device", "tpu"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));

@@ -1,12 +1,13 @@
 //! The training configuration and the training error type.
 
 use super::device::{DeviceError, DeviceSpec};
-use g2po_envs::{EnvError, EnvKind};
+use g2po_envs::agentgym::AgentGymSpec;
+use g2po_envs::{EnvError, EnvKind, EnvSpec};
 
 use crate::EstimatorKind;
 use crate::curriculum::{Curriculum, CurriculumError};
 use crate::learner::{LearnerConfig, LearnerError};
-use crate::policy::PolicyConfig;
+use crate::policy::{PolicyConfig, PolicyError};
 
 /// Everything that can go wrong while training.
 ///
@@ -23,9 +24,12 @@ pub enum TrainError {
     /// The advantage engine rejected the batch or its configuration.
     #[error(transparent)]
     Engine(#[from] crate::Error),
-    /// The policy or learner failed.
+    /// The learner failed.
     #[error(transparent)]
     Learner(#[from] LearnerError),
+    /// The policy failed (acting, scoring, construction).
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     /// An environment or the tabular solver failed.
     #[error(transparent)]
     Env(#[from] EnvError),
@@ -114,6 +118,11 @@ pub struct TrainConfig {
     /// layouts within the budget.
     #[serde(default)]
     pub eval_on_train_pool: bool,
+    /// `Some(server)`: rollouts and evaluation run on this AgentGym
+    /// environment server (`env` is then not used, and there is no ground
+    /// truth); `None`: on the in-process `env`. See [`TrainConfig::env_spec`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agentgym: Option<AgentGymSpec>,
 }
 
 /// First seed of the held-out evaluation tasks (training tasks are drawn below it).
@@ -140,11 +149,46 @@ impl Default for TrainConfig {
             device: DeviceSpec::Cpu,
             task_pool: None,
             eval_on_train_pool: false,
+            agentgym: None,
         }
     }
 }
 
 impl TrainConfig {
+    /// The environment the run uses: the AgentGym server when one is set, else `env`.
+    ///
+    /// ```
+    /// use g2po::train::TrainConfig;
+    /// use g2po_envs::{EnvKind, EnvSpec};
+    /// assert_eq!(TrainConfig::default().env_spec(), EnvSpec::Builtin(EnvKind::Chain));
+    /// let remote = TrainConfig { agentgym: Some("http://127.0.0.1:36001".parse().unwrap()), ..Default::default() };
+    /// assert!(matches!(remote.env_spec(), EnvSpec::AgentGym(_)));
+    /// ```
+    pub fn env_spec(&self) -> EnvSpec {
+        match &self.agentgym {
+            Some(s) => EnvSpec::AgentGym(s.clone()),
+            None => EnvSpec::Builtin(self.env),
+        }
+    }
+
+    /// Points the run at `spec`: a built-in kind sets `env` and clears
+    /// `agentgym`, a remote one sets `agentgym`.
+    ///
+    /// ```
+    /// let mut c = g2po::train::TrainConfig::default();
+    /// c.set_env("household".parse().unwrap());
+    /// assert_eq!(c.env, g2po_envs::EnvKind::Household);
+    /// ```
+    pub fn set_env(&mut self, spec: EnvSpec) {
+        match spec {
+            EnvSpec::Builtin(k) => {
+                self.env = k;
+                self.agentgym = None;
+            }
+            EnvSpec::AgentGym(s) => self.agentgym = Some(s),
+        }
+    }
+
     /// Checks every option (the learner's and the curriculum's included).
     ///
     /// ```
