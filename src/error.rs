@@ -290,6 +290,9 @@ impl Error {
         match self {
             Error::NonFinite { row, .. }
             | Error::RewardOutOfRange { row, .. }
+            | Error::ReturnOutOfRange { row, .. }
+            | Error::IdOutOfRange { row, .. }
+            | Error::BadAdvantages { row, .. }
             | Error::Negative { row, .. }
             | Error::DuplicateStep { row, .. }
             | Error::StepOutOfOrder { row, .. }
@@ -306,6 +309,9 @@ impl Error {
             | Error::LengthMismatch { .. }
             | Error::UnknownGroup(_)
             | Error::InvalidParameter { .. }
+            | Error::GroupTooSmall { .. }
+            | Error::TooFewTokens { .. }
+            | Error::LayoutTooLarge { .. }
             | Error::SimilarityNeedsText
             | Error::Parse { .. }
             | Error::Io { .. } => None,

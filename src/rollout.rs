@@ -923,6 +923,7 @@ impl RolloutBatch {
             valid,
             response_len,
             next_row,
+            capacity: (0, 0),
         };
         builder.build()
     }

@@ -172,7 +172,7 @@ pub trait Environment: Send {
 pub enum EnvError {
     /// The name does not denote an environment kind.
     // Listed from `EnvKind::ALL`, so a new environment cannot be left out.
-    #[error("unknown environment {0:?} (expected one of: {})", EnvKind::ALL.map(EnvKind::as_str).join(", "))]
+    #[error("unknown environment {0:?} (expected one of: {names})", names = EnvKind::ALL.map(EnvKind::as_str).join(", "))]
     UnknownEnv(String),
     /// A constructor parameter is out of range.
     #[error("invalid parameter {name}: {reason}")]

@@ -23,11 +23,14 @@
 //!   All three hold whatever autojunk removes, because matching blocks pair
 //!   equal code points, in order, without overlap: the shorter length
 //!   (difflib's `real_quick_ratio`), the overlap of the two character
-//!   histograms (its `quick_ratio`; non-ASCII code points share 64 buckets,
-//!   which can only raise the overlap), and the longest common subsequence
-//!   (bit-parallel, 64 positions per machine word). Each bound is divided by
-//!   `len(a) + len(b)` in the same floating-point expression as the ratio, so
-//!   "bound < threshold" implies "ratio < threshold" exactly.
+//!   histograms (its `quick_ratio`; non-ASCII code points share the 32
+//!   control-character buckets, which can only raise the overlap), and the
+//!   longest common subsequence (bit-parallel, 64 positions per machine word,
+//!   restricted to the diagonal band a matching of the needed size must stay
+//!   in, and abandoned once it can no longer reach that size). Each bound is
+//!   compared with the fewest matches whose ratio, in the same floating-point
+//!   expression, reaches the threshold, so "bound too small" implies
+//!   "ratio < threshold" exactly.
 //! - Texts are taken in blocks. Each new text of a block looks for its first
 //!   match among the representatives that existed before the block, in
 //!   parallel across the block's texts; then, in order, a text without such a
