@@ -7,7 +7,9 @@
 //! `benchmarks/common`), written as JSONL (about 43 MB). G2PO with default
 //! options.
 //!
-//! Run: `cargo bench --bench cli` (`G2PO_BENCH_QUICK=1` for a short run).
+//! Run: `cargo bench --bench cli` (`G2PO_BENCH_QUICK=1` for a short run;
+//! `G2PO_BENCH_WRITE_INPUT=rows.jsonl` only writes the input file there, for
+//! profiling `g2po advantages` by hand).
 
 use std::io::Write;
 use std::process::Command;
@@ -53,6 +55,12 @@ fn main() {
     let output = dir.path().join("advantages.jsonl");
     let batch = synthetic(256, false, &g2po::keys::StateKeyer::new());
     write_rows(&batch, &input);
+    // For profiling the binary by hand: leave the input file and stop.
+    if let Some(keep) = std::env::var_os("G2PO_BENCH_WRITE_INPUT") {
+        std::fs::copy(&input, &keep).expect("copy the input file");
+        eprintln!("wrote {}", std::path::Path::new(&keep).display());
+        return;
+    }
     let estimator = Estimator::new(EstimatorConfig::new(EstimatorKind::G2po)).expect("valid config");
     let parsed = g2po::io::read_path(&input).expect("read");
     let adv = estimator.estimate(&parsed.batch).expect("estimate");

@@ -124,6 +124,17 @@ fn jsonl_in_jsonl_out_in_input_order() {
     // Row 0 (failed trajectory) is below row 1 (successful one) in the same state.
     assert!(lines[0]["advantage"].as_f64().unwrap() < lines[1]["advantage"].as_f64().unwrap());
     assert_eq!(lines[0]["step_group"], lines[1]["step_group"]);
+
+    // G2PO's output carries where each step leads and that place's value.
+    let out = bin().args(["advantages", "--estimator", "g2po", "--input"]).arg(&input).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let field = |row: usize, name: &str| lines[row][name].as_f64().unwrap_or_else(|| panic!("row {row}: no {name}"));
+    assert_eq!((field(0, "next_node"), field(0, "next_value")), (-2.0, 0.0)); // failure terminal
+    assert_eq!(field(1, "next_node"), field(2, "node"));
+    assert_eq!(field(1, "next_value"), field(2, "node_value"));
+    assert_eq!((field(2, "next_node"), field(2, "next_value")), (-1.0, 10.0)); // success terminal
 }
 
 #[test]
