@@ -2,6 +2,7 @@
 //! environment (g2po's own server and the Python server of `envs/servers/`), and tasks
 //! dropped whole when their server fails. Loopback only. The Python-server tests skip,
 //! saying so, without the servers' Python unless `G2PO_REQUIRE_ENV_SERVERS=1`.
+#![cfg(feature = "cli")]
 
 use std::process::Command;
 use std::time::Duration;
