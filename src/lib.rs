@@ -36,7 +36,8 @@
 //! | feature | adds |
 //! |---|---|
 //! | `learner` | the GRPO learner and the toy policy on candle (CPU) |
-//! | `train` | `learner` + rollouts, trainer, ground truth, ablation over `g2po-envs` |
+//! | `lm` | `learner` + the SmolLM2 + LoRA policy ([`lm`]; weights from `scripts/fetch-smollm2.sh`) |
+//! | `train` | `lm` + rollouts, trainer, ground truth, ablation over `g2po-envs` |
 //! | `cli` (default) | `train` + the `g2po` program |
 //! | `nvrtc` | the CUDA kernels of `kernels/`, compiled at run time by NVRTC |
 //! | `cuda` | `nvrtc` + `learner` + candle's CUDA backend |
@@ -52,6 +53,8 @@ pub mod io;
 pub mod keys;
 #[cfg(feature = "learner")]
 pub mod learner;
+#[cfg(feature = "lm")]
+pub mod lm;
 #[cfg(feature = "learner")]
 pub mod policy;
 pub mod rollout;

@@ -46,6 +46,9 @@ pub enum TrainError {
     /// The requested device cannot be used (no `cuda` feature, no driver, no GPU).
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// The language-model policy failed (e.g. its weights were never fetched).
+    #[error(transparent)]
+    Lm(#[from] crate::lm::LmError),
 }
 
 /// A training run.
@@ -114,6 +117,10 @@ pub struct TrainConfig {
     /// layouts within the budget.
     #[serde(default)]
     pub eval_on_train_pool: bool,
+    /// `Some`: train the SmolLM2 + LoRA policy ([`super::LmTrainer`]) with
+    /// these options instead of the toy policy (`policy` is then unused).
+    #[serde(default)]
+    pub lm: Option<super::lm::LmTrainOptions>,
 }
 
 /// First seed of the held-out evaluation tasks (training tasks are drawn below it).
@@ -140,6 +147,7 @@ impl Default for TrainConfig {
             device: DeviceSpec::Cpu,
             task_pool: None,
             eval_on_train_pool: false,
+            lm: None,
         }
     }
 }

@@ -19,6 +19,7 @@
 pub mod ablation;
 pub mod config;
 pub mod device;
+pub mod lm;
 pub mod rollouts;
 pub mod trainer;
 pub mod truth;
@@ -26,6 +27,7 @@ pub mod truth;
 pub use ablation::{AblationConfig, AblationReport, AblationSetting, run_ablation};
 pub use config::{TrainConfig, TrainError};
 pub use device::{DeviceError, DeviceSpec};
+pub use lm::{LmTrainOptions, LmTrainer, ScoreMemo, evaluate_lm};
 pub use rollouts::{CollectedRow, Rollout, RolloutSet, collect_rollouts, rollout_seed};
 pub use trainer::{IterationLog, Trainer, evaluate};
 pub use truth::{TruthScore, TruthTable, score_advantages};
