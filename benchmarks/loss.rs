@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use candle_core::{Device, Tensor, Var};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use g2po::learner::{KlEstimator, LossBuffers, LossConfig};
+use g2po::loss::{KlEstimator, LossBuffers, LossConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -80,9 +80,7 @@ fn bench_size(c: &mut Criterion, rows: usize, max_len: usize) {
     group.throughput(Throughput::Elements(n as u64));
     group.sample_size(10);
 
-    group.bench_function("cpu_fused", |b| {
-        b.iter(|| black_box(g2po::learner::fused::grpo_loss_cpu(&batch.0.view(), &cfg)))
-    });
+    group.bench_function("cpu_fused", |b| b.iter(|| black_box(g2po::loss::grpo_loss_cpu(&batch.0.view(), &cfg))));
 
     let dev = Device::Cpu;
     let t = |v: &[f32]| Tensor::from_slice(v, (rows, max_len), &dev).expect("tensor");
@@ -114,22 +112,25 @@ fn gpu_rows(
     group.bench_function("gpu_fused_with_copies", |b| {
         b.iter(|| black_box(gpu.grpo_loss(&batch.0.view(), cfg).expect("gpu loss")))
     });
-    // Device-resident tensors through the candle CustomOp: the kernel plus a scalar read-back.
+    // Device-resident tensors through the learner's fused op (its cuda_fwd): the kernel plus a
+    // scalar read-back.
     let Ok(dev) = Device::new_cuda(0) else { return };
     let t = |v: &[f32]| Tensor::from_slice(v, (batch.0.rows, batch.0.max_len), &dev).expect("tensor");
     let logp = t(&batch.0.logp);
-    let op = g2po::cuda::FusedGrpoLoss::new(
-        t(&batch.0.logp_old),
-        Some(t(&batch.0.logp_ref)),
-        t(&batch.0.advantages),
-        None,
-        t(&batch.0.mask),
+    let op = g2po::learner::FusedGrpoLoss::new(
+        g2po::learner::LossConstants {
+            logp_old: t(&batch.0.logp_old),
+            logp_ref: Some(t(&batch.0.logp_ref)),
+            advantages: t(&batch.0.advantages),
+            entropy: None,
+            mask: t(&batch.0.mask),
+        },
         *cfg,
     )
     .expect("op");
     group.bench_function("gpu_fused_device_resident", |b| {
         b.iter(|| {
-            let l = logp.apply_op1_no_bwd(&op).expect("op");
+            let (l, _) = op.apply(&logp).expect("op");
             black_box(l.to_scalar::<f32>().expect("scalar"))
         })
     });

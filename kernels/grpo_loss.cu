@@ -12,7 +12,7 @@
 // Step 1 re-reads the mask (4 of ~28 bytes per token) so that the aggregation weight of every
 // token is known when its gradient is written, which avoids a second pass over the gradient.
 
-#define NSTAT 7
+#define NSTAT 8
 // Partial-sum slots (weighted = multiplied by the token's aggregation weight). The total loss is
 // assembled on the host from slots 0-2, exactly as the CPU reference does.
 #define S_PG 0        // weighted policy-gradient term
@@ -22,6 +22,7 @@
 #define S_DUAL 4      // masked tokens where the dual clip was active (divided by ALL masked tokens)
 #define S_APPROX 5    // sum of mask * (logp_old - logp), log-ratio clamped to [-20, 20]
 #define S_ENT 6       // sum of mask * entropy
+#define S_APPROX_K3 7 // sum of mask * ((rho - 1) - log rho), the k3 approximate KL to the sampler
 
 // Aggregation modes (must match src/cuda/loss.rs).
 #define AGG_TOKEN_MEAN 0
@@ -29,7 +30,7 @@
 #define AGG_SEQ_MEAN_TOKEN_MEAN 2
 #define AGG_SEQ_MEAN_TOKEN_SUM_NORM 3
 
-// Bounds shared with learner::fused (LOG_RATIO_CLAMP, K3_CLAMP).
+// Bounds shared with crate::loss (LOG_RATIO_CLAMP, K3_CLAMP).
 #define LOG_RATIO_CLAMP 20.0
 #define K3_CLAMP 10.0
 
@@ -63,7 +64,7 @@ extern "C" __global__ void grpo_row_counts(const float* __restrict__ mask, unsig
 }
 
 // total[0] = masked tokens, total[1] = rows with at least one masked token ("live" rows: the
-// sequence-mean modes average over those only, as learner::fused does).
+// sequence-mean modes average over those only, as crate::loss does).
 extern "C" __global__ void grpo_total_count(const double* __restrict__ row_count,
                                             unsigned int rows, double* __restrict__ total) {
     __shared__ double scratch[BLOCK / 32];
@@ -115,7 +116,8 @@ extern "C" __global__ void grpo_loss_fwd_bwd(
         } else if (agg == AGG_SEQ_MEAN_TOKEN_MEAN) {
             w = 1.0 / (live * row_count[r]);
         } else {
-            w = 1.0 / (live * norm_length);
+            // Dr. GRPO (verl): sum over rows of the token sums / a fixed length; no mean over rows.
+            w = 1.0 / norm_length;
         }
         const double lp = (double)logp[idx];
         const double a = (double)adv[idx];
@@ -169,6 +171,7 @@ extern "C" __global__ void grpo_loss_fwd_bwd(
         acc[S_DUAL] += dual_active ? 1.0 : 0.0;
         acc[S_APPROX] -= d;
         acc[S_ENT] += ent;
+        acc[S_APPROX_K3] += (rho - 1.0) - d;
     }
     for (int i = 0; i < NSTAT; ++i) {
         const double s = block_sum(acc[i], scratch);

@@ -47,8 +47,9 @@ pub enum Error {
         /// The offending value.
         value: f64,
     },
-    /// A reward too large in magnitude to standardise safely.
-    #[error("row {row}: field {field:?} = {value} exceeds the largest accepted magnitude (1e100)")]
+    /// A reward too large in magnitude for the results to stay finite in `f32`
+    /// (see [`crate::rollout::MAX_ABS_REWARD`]).
+    #[error("row {row}: field {field:?} = {value} exceeds the largest accepted magnitude (1e30)")]
     RewardOutOfRange {
         /// Row index in input order.
         row: usize,
@@ -56,6 +57,17 @@ pub enum Error {
         field: &'static str,
         /// The offending value.
         value: f64,
+    },
+    /// A trajectory whose summed `|reward|` exceeds [`crate::rollout::MAX_ABS_REWARD`],
+    /// so its discounted returns could leave the `f32` range.
+    #[error("row {row}: trajectory {traj:?} sums |reward| to {sum}, beyond the largest accepted magnitude (1e30)")]
+    ReturnOutOfRange {
+        /// Row index in input order (the row that crossed the bound).
+        row: usize,
+        /// Trajectory id.
+        traj: String,
+        /// The sum of `|reward|` up to and including this row.
+        sum: f64,
     },
     /// A negative token count or step index (only reachable from untyped input).
     #[error("row {row}: field {field:?} must be non-negative, got {value}")]
@@ -140,6 +152,36 @@ pub enum Error {
         /// Why it is rejected.
         reason: String,
     },
+    /// An [`crate::Advantages`] column holds a value that no estimator produces
+    /// (a hand-built or mismatched output).
+    #[error("row {row}: column {column:?} of the advantages: {reason}")]
+    BadAdvantages {
+        /// Row index.
+        row: usize,
+        /// The column.
+        column: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A task group with fewer rows than the estimator needs (GRPO pass@k needs two).
+    #[error("group {group:?} has {rows} row(s); the estimator needs at least {needed}")]
+    GroupTooSmall {
+        /// Group id.
+        group: String,
+        /// Its rows.
+        rows: usize,
+        /// The minimum.
+        needed: usize,
+    },
+    /// A batch with fewer response tokens than the estimator needs (REINFORCE++-baseline
+    /// whitens over the tokens with an unbiased variance, which needs two).
+    #[error("the batch has {found} response token(s); the estimator needs at least {needed}")]
+    TooFewTokens {
+        /// Response tokens in the batch.
+        found: usize,
+        /// The minimum.
+        needed: usize,
+    },
     /// Similarity grouping compares anchor texts, which key-only batches lack.
     #[error("similarity grouping needs anchor text, but the batch holds precomputed keys")]
     SimilarityNeedsText,
@@ -151,6 +193,14 @@ pub enum Error {
         /// Its response length.
         len: u32,
         /// The requested width.
+        max_len: usize,
+    },
+    /// A padded layout whose `rows * max_len` entries cannot be addressed.
+    #[error("a padded layout of {rows} rows x {max_len} tokens is too large to allocate")]
+    LayoutTooLarge {
+        /// Number of rows.
+        rows: usize,
+        /// The padded width.
         max_len: usize,
     },
     /// Malformed JSON or JSONL input.

@@ -53,7 +53,8 @@ pub struct StateNode {
     pub kind: NodeKind,
     /// Rows that act from this state (0 for terminals).
     pub visits: u32,
-    /// Pooled value V (terminals: mean value of the steps entering them).
+    /// Pooled value V (terminals: the value the estimator gave them, averaged over the
+    /// steps entering them: the episode reward or the fixed terminal value).
     pub value: f64,
     /// Anchor text of the first visit (or the key in hex), for display.
     pub label: String,
@@ -132,6 +133,12 @@ pub struct StateGraph {
 impl StateGraph {
     /// Builds the graph of group `group` (dense index) from G2PO output.
     ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] when a G2PO column is missing or of the wrong length,
+    /// [`Error::UnknownGroup`] for a group index out of range, [`Error::BadAdvantages`]
+    /// when a hand-built [`Advantages`] has node ids that are negative, not dense in
+    /// first-seen row order, or a next node outside the group.
+    ///
     /// ```
     /// # use g2po::AdvantageEstimator;
     /// let batch = g2po::doc_batch();
@@ -140,23 +147,48 @@ impl StateGraph {
     /// # Ok::<(), g2po::Error>(())
     /// ```
     pub fn build(batch: &RolloutBatch, adv: &Advantages, group: usize) -> Result<Self> {
-        if adv.next_node.len() != batch.len() || adv.node_value.len() != batch.len() {
-            return Err(Error::InvalidParameter {
-                name: "advantages",
-                reason: "the state graph needs G2PO output (node, next_node, node_value) for every row".into(),
-            });
+        let n = batch.len();
+        for (column, len) in [
+            ("advantage", adv.advantage.len()),
+            ("node", adv.node.len()),
+            ("next_node", adv.next_node.len()),
+            ("node_value", adv.node_value.len()),
+            ("next_value", adv.next_value.len()),
+        ] {
+            if len != n {
+                return Err(Error::InvalidParameter {
+                    name: "advantages",
+                    reason: format!(
+                        "the state graph needs G2PO output (node, next_node, node_value, next_value) for every \
+                         row: column {column} has {len} entries for {n} rows"
+                    ),
+                });
+            }
         }
         let group_id = batch.group_ids().get(group).ok_or_else(|| Error::UnknownGroup(group.to_string()))?.clone();
         let rows = batch.group_rows(group);
+        let bad =
+            |row: u32, column: &'static str, reason: String| Error::BadAdvantages { row: row as usize, column, reason };
         let mut graph = DiGraph::new();
         let mut states: Vec<NodeIndex> = Vec::new();
         let mut terminal: AHashMap<i32, (NodeIndex, f64, u32)> = AHashMap::new();
         for &r in rows {
-            let r = r as usize;
-            let id = adv.node[r] as usize;
-            if id >= states.len() {
-                // Ids are dense in first-seen order, so a new id is the next one.
-                let label = match batch.anchor(r) {
+            let id = adv.node[r as usize];
+            let Ok(id) = usize::try_from(id) else {
+                return Err(bad(r, "node", format!("node id {id} is negative")));
+            };
+            if id > states.len() {
+                return Err(bad(
+                    r,
+                    "node",
+                    format!(
+                        "node id {id} skips ids: ids are dense per task group in first-seen row order, next is {}",
+                        states.len()
+                    ),
+                ));
+            }
+            if id == states.len() {
+                let label = match batch.anchor(r as usize) {
                     Anchor::Text(t) => t.to_owned(),
                     Anchor::Key(k) => format!("{k:#018x}"),
                 };
@@ -164,7 +196,7 @@ impl StateGraph {
                     id: id as i32,
                     kind: NodeKind::State,
                     visits: 0,
-                    value: adv.node_value[r] as f64,
+                    value: adv.node_value[r as usize] as f64,
                     label,
                 }));
             }
@@ -175,24 +207,38 @@ impl StateGraph {
             let r_usize = r as usize;
             let from = states[adv.node[r_usize] as usize];
             let next = adv.next_node[r_usize];
-            let to = if next >= 0 {
-                states[next as usize]
-            } else {
-                let value = batch.episode_rewards()[r_usize];
-                let entry = terminal.entry(next).or_insert_with(|| {
-                    let (kind, label) = if next == SUCCESS_TERMINAL {
-                        (NodeKind::Success, "success")
-                    } else {
-                        debug_assert_eq!(next, FAILURE_TERMINAL);
-                        (NodeKind::Failure, "failure")
-                    };
-                    let index =
-                        graph.add_node(StateNode { id: next, kind, visits: 0, value: 0.0, label: label.into() });
-                    (index, 0.0, 0)
-                });
-                entry.1 += value;
-                entry.2 += 1;
-                entry.0
+            let to = match next {
+                0.. => *states.get(next as usize).ok_or_else(|| {
+                    bad(
+                        r,
+                        "next_node",
+                        format!("next node {next} is not a node of group {group_id:?} ({} nodes)", states.len()),
+                    )
+                })?,
+                SUCCESS_TERMINAL | FAILURE_TERMINAL => {
+                    // The terminal's value as the estimator used it (episode reward or fixed value).
+                    let value = adv.next_value[r_usize] as f64;
+                    let entry = terminal.entry(next).or_insert_with(|| {
+                        let (kind, label) = if next == SUCCESS_TERMINAL {
+                            (NodeKind::Success, "success")
+                        } else {
+                            (NodeKind::Failure, "failure")
+                        };
+                        let index =
+                            graph.add_node(StateNode { id: next, kind, visits: 0, value: 0.0, label: label.into() });
+                        (index, 0.0, 0)
+                    });
+                    entry.1 += value;
+                    entry.2 += 1;
+                    entry.0
+                }
+                _ => {
+                    return Err(bad(
+                        r,
+                        "next_node",
+                        format!("{next} is neither a node (>= 0) nor a terminal (-1, -2)"),
+                    ));
+                }
             };
             let edge = *edges.entry((from, to)).or_insert_with(|| {
                 graph.add_edge(from, to, Transition { count: 0, rows: Vec::new(), mean_advantage: 0.0 })

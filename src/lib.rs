@@ -29,7 +29,8 @@
 //! ## Features
 //!
 //! The engine (everything above: [`rollout`], [`keys`], [`estimators`],
-//! [`broadcast`], [`graph`], [`io`], [`curriculum`]) is always built and
+//! [`broadcast`], [`graph`], [`io`], [`curriculum`], and the GRPO loss on
+//! plain slices, [`loss`]) is always built and
 //! depends on no tensor library, CLI or environment crate; depend on
 //! `g2po = { version = "0.1", default-features = false }` to get only that.
 //!
@@ -39,7 +40,7 @@
 //! | `lm` | `learner` + the SmolLM2 + LoRA policy ([`lm`]; weights from `scripts/fetch-smollm2.sh`) |
 //! | `train` | `lm` + rollouts, trainer, ground truth, ablation over `g2po-envs` |
 //! | `cli` (default) | `train` + the `g2po` program |
-//! | `nvrtc` | the CUDA kernels of `kernels/`, compiled at run time by NVRTC |
+//! | `nvrtc` | the CUDA kernels of `kernels/`, compiled at run time by NVRTC (no tensor library) |
 //! | `cuda` | `nvrtc` + `learner` + candle's CUDA backend |
 
 pub mod broadcast;
@@ -55,6 +56,7 @@ pub mod keys;
 pub mod learner;
 #[cfg(feature = "lm")]
 pub mod lm;
+pub mod loss;
 #[cfg(feature = "learner")]
 pub mod policy;
 pub mod rollout;

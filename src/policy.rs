@@ -20,23 +20,48 @@
 //!   samples among the admissible actions with probability proportional to
 //!   `exp(score / temperature)`.
 //!
-//! [`Policy::token_logps`] evaluates any number of (observation, action) rows
-//! in one batched forward (observations are deduplicated first, since many
-//! rows share one), which is what the learner differentiates.
+//! It implements [`TrainablePolicy`]: [`Policy::score_tokens`](TrainablePolicy::score_tokens)
+//! evaluates any number of (observation, action) rows of a [`TokenBatch`] in
+//! one batched forward, encoding each distinct observation once, which is
+//! what the learner differentiates. [`Policy::token_logps`] is the same for
+//! plain slices.
 //!
 //! Parameters are initialised from a ChaCha8 stream seeded by the caller (not
 //! candle's unseeded initialisers), so two policies built with one seed are
 //! identical.
-
-use std::collections::HashMap;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{Embedding, Linear, Module, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::learner::LearnerError;
-use crate::learner::error::Result;
+use crate::learner::{TokenBatch, TokenScores, TrainablePolicy};
+
+/// What can go wrong in the toy policy.
+///
+/// ```
+/// use g2po::policy::{Policy, PolicyConfig, PolicyError};
+/// let bad = PolicyConfig { vocab: 2, ..PolicyConfig::default() };
+/// assert!(matches!(Policy::new(&bad, &candle_core::Device::Cpu, 0), Err(PolicyError::BadConfig(_))));
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A size is out of its domain.
+    #[error("invalid policy configuration: {0}")]
+    BadConfig(String),
+    /// An argument is invalid (the message says which).
+    #[error("invalid input: {0}")]
+    BadInput(String),
+    /// The rows do not fit the padded token layout.
+    #[error(transparent)]
+    Layout(#[from] crate::Error),
+    /// A failure inside candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Shorthand for results of this module.
+pub type Result<T, E = PolicyError> = std::result::Result<T, E>;
 
 /// Token id that stands for "no previous action token" (start of an action).
 pub const BOS: u32 = 0;
@@ -125,10 +150,10 @@ fn words(text: &str) -> Vec<String> {
 
 fn validate(config: &PolicyConfig) -> Result<()> {
     if config.vocab < RESERVED_TOKENS as usize + 1 || config.vocab > u32::MAX as usize {
-        return Err(LearnerError::BadConfig(format!("vocab must be in 3..=2^32-1, got {}", config.vocab)));
+        return Err(PolicyError::BadConfig(format!("vocab must be in 3..=2^32-1, got {}", config.vocab)));
     }
     if config.hidden == 0 || config.max_action_tokens == 0 || config.max_observation_tokens == 0 {
-        return Err(LearnerError::BadConfig(
+        return Err(PolicyError::BadConfig(
             "hidden, max_action_tokens and max_observation_tokens must be positive".into(),
         ));
     }
@@ -264,97 +289,93 @@ impl Policy {
         ids
     }
 
-    /// Encodes distinct observations: `[unique, hidden]` plus, per row, the
-    /// index of its observation.
-    fn encode_observations(&self, observations: &[&str]) -> Result<(Tensor, Vec<u32>)> {
-        let mut index: HashMap<&str, u32> = HashMap::new();
-        let mut unique: Vec<Vec<u32>> = Vec::new();
-        let mut row_map = Vec::with_capacity(observations.len());
-        for &o in observations {
-            let next = unique.len() as u32;
-            let id = *index.entry(o).or_insert_with(|| {
-                unique.push(self.tokenize_observation(o));
-                next
-            });
-            row_map.push(id);
-        }
-        let u = unique.len();
-        let lo = unique.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let mut ids = vec![BOS; u * lo];
-        let mut weights = vec![0.0f32; u * lo];
-        for (r, toks) in unique.iter().enumerate() {
-            for (j, &t) in toks.iter().enumerate() {
-                ids[r * lo + j] = t;
-                // Mean over the words; an empty observation encodes to zeros.
-                weights[r * lo + j] = 1.0 / toks.len() as f32;
+    /// Encodes distinct observations as `[observations, hidden]`: the mean
+    /// embedding of each one's words (zeros for an empty observation), one
+    /// linear layer, tanh.
+    fn encode_observations(&self, observations: &[&str]) -> Result<Tensor> {
+        let words: Vec<Vec<u32>> = observations.iter().map(|o| self.tokenize_observation(o)).collect();
+        // At least one column, so that an all-empty batch still has a shape.
+        let width = words.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let ids = crate::broadcast::pad_ragged(words.iter().map(Vec::as_slice), Some(width))?;
+        let lens: Vec<u32> = words.iter().map(|w| w.len() as u32).collect();
+        let mut weights = crate::broadcast::response_mask(&lens, Some(width))?;
+        for (mut row, &len) in weights.rows_mut().into_iter().zip(&lens) {
+            if len > 0 {
+                row /= len as f32;
             }
         }
-        let ids = Tensor::from_vec(ids, (u, lo), &self.device)?;
-        let weights = Tensor::from_vec(weights, (u, lo, 1), &self.device)?;
+        let u = observations.len();
+        let ids = Tensor::from_vec(ids.iter().copied().collect::<Vec<u32>>(), (u, width), &self.device)?;
+        let weights = Tensor::from_vec(weights.iter().copied().collect::<Vec<f32>>(), (u, width, 1), &self.device)?;
         let bag = self.obs_emb.forward(&ids)?.broadcast_mul(&weights)?.sum(1)?;
-        let enc = self.obs_proj.forward(&bag)?.tanh()?;
-        Ok((enc, row_map))
+        Ok(self.obs_proj.forward(&bag)?.tanh()?)
     }
 
-    /// Per-token log-probabilities and entropies of `rows` (observation,
-    /// action token ids) pairs as `[rows, max_len]` tensors, in one batched
-    /// forward. The log-probabilities are differentiable with respect to the
-    /// parameters. Positions past an action's length hold finite filler
-    /// values; callers mask them.
+    /// Per-token log-probabilities and entropies of `(observation, action
+    /// token ids)` rows as `[rows, max_len]` tensors, in one batched forward
+    /// ([`TrainablePolicy::score_tokens`] on plain slices). The
+    /// log-probabilities are differentiable with respect to the parameters.
+    /// Positions past an action's length hold finite filler values; callers
+    /// mask them.
     ///
     /// Errors: different numbers of observations and actions, no rows, an
     /// action longer than `max_len`, or a token id outside the vocabulary.
     ///
     /// ```
     /// # use g2po::policy::{Policy, PolicyConfig};
-    /// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 1).unwrap();
+    /// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 1)?;
     /// let a = p.tokenize_action("open door");
     /// let b = p.tokenize_action("wait");
-    /// let (logp, ent) = p.token_logps(&["hall", "hall"], &[&a, &b], 3).unwrap();
+    /// let (logp, ent) = p.token_logps(&["hall", "hall"], &[&a, &b], 3)?;
     /// assert_eq!(logp.dims(), &[2, 3]);
     /// assert_eq!(ent.dims(), &[2, 3]);
-    /// let v = logp.to_vec2::<f32>().unwrap();
+    /// let v = logp.to_vec2::<f32>()?;
     /// assert!(v[0].iter().all(|&x| x < 0.0));
+    /// assert!(p.token_logps(&["hall"], &[&a], 2).is_err()); // 3 tokens do not fit 2
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn token_logps(&self, observations: &[&str], actions: &[&[u32]], max_len: usize) -> Result<(Tensor, Tensor)> {
         if observations.len() != actions.len() {
-            return Err(LearnerError::BadInput(format!(
+            return Err(PolicyError::BadInput(format!(
                 "{} observations but {} actions",
                 observations.len(),
                 actions.len()
             )));
         }
-        if observations.is_empty() || max_len == 0 {
-            return Err(LearnerError::BadInput("token_logps needs at least one row and max_len > 0".into()));
+        let batch = TokenBatch::new(observations.iter().copied().zip(actions.iter().copied()), Some(max_len))?;
+        let (logp, entropy) = self.forward(&batch)?;
+        Ok((logp, entropy))
+    }
+
+    /// The batched forward: `[rows, max_len]` log-probabilities and entropies.
+    fn forward(&self, batch: &TokenBatch<'_>) -> Result<(Tensor, Tensor)> {
+        let (rows, max_len) = (batch.rows(), batch.max_len());
+        if max_len == 0 {
+            return Err(PolicyError::BadInput("token scoring needs max_len > 0".into()));
         }
-        let rows = actions.len();
-        let mut prev = vec![BOS; rows * max_len];
-        let mut target = vec![BOS; rows * max_len];
-        for (r, a) in actions.iter().enumerate() {
-            if a.len() > max_len {
-                return Err(LearnerError::BadInput(format!("action {r} has {} tokens > max_len {max_len}", a.len())));
-            }
-            for (j, &t) in a.iter().enumerate() {
-                if t as usize >= self.config.vocab {
-                    return Err(LearnerError::BadInput(format!(
-                        "token id {t} in action {r} is outside the vocabulary of {}",
-                        self.config.vocab
-                    )));
-                }
-                target[r * max_len + j] = t;
-                if j + 1 < max_len {
-                    prev[r * max_len + j + 1] = t;
-                }
-            }
+        let target = batch.action_ids();
+        if let Some((i, &t)) = target.iter().enumerate().find(|&(_, &t)| t as usize >= self.config.vocab) {
+            return Err(PolicyError::BadInput(format!(
+                "token id {t} in action {} is outside the vocabulary of {}",
+                i / max_len,
+                self.config.vocab
+            )));
         }
-        let (enc, row_map) = self.encode_observations(observations)?;
+        // Each position is conditioned on the previous action token, BOS at
+        // the start: the targets shifted right by one (past an action this
+        // reads the padding, whose scores are masked).
+        let mut prev = ndarray::Array2::from_elem((rows, max_len), BOS);
+        prev.slice_mut(ndarray::s![.., 1..]).assign(&target.slice(ndarray::s![.., ..max_len - 1]));
+        let flat = |a: &ndarray::Array2<u32>| a.iter().copied().collect::<Vec<u32>>();
+        let enc = self.encode_observations(batch.observations())?;
+        let row_map: Vec<u32> = batch.row_observation().iter().map(|&i| i as u32).collect();
         let row_map = Tensor::from_vec(row_map, rows, &self.device)?;
         let enc = enc.index_select(&row_map, 0)?.unsqueeze(1)?; // [rows, 1, h]
-        let prev = Tensor::from_vec(prev, (rows, max_len), &self.device)?;
+        let prev = Tensor::from_vec(flat(&prev), (rows, max_len), &self.device)?;
         let hidden = self.prev_emb.forward(&prev)?.broadcast_add(&enc)?.tanh()?; // [rows, L, h]
         let logits = self.out.forward(&hidden)?; // [rows, L, V]
         let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let target = Tensor::from_vec(target, (rows, max_len, 1), &self.device)?;
+        let target = Tensor::from_vec(flat(target), (rows, max_len, 1), &self.device)?;
         let logp = log_probs.gather(&target, 2)?.squeeze(2)?;
         let entropy = (log_probs.exp()? * &log_probs)?.sum(D::Minus1)?.neg()?;
         Ok((logp, entropy))
@@ -364,7 +385,7 @@ impl Policy {
     /// with their tokens and per-token log-probabilities.
     fn score(&self, observation: &str, admissible: &[String]) -> Result<Vec<Scored>> {
         if admissible.is_empty() {
-            return Err(LearnerError::BadInput("no admissible action".into()));
+            return Err(PolicyError::BadInput("no admissible action".into()));
         }
         let tokens: Vec<Vec<u32>> = admissible.iter().map(|a| self.tokenize_action(a)).collect();
         let max_len = tokens.iter().map(Vec::len).max().unwrap_or(1);
@@ -468,7 +489,7 @@ fn check_temperature(temperature: f64) -> Result<()> {
     if temperature.is_finite() && temperature > 0.0 {
         Ok(())
     } else {
-        Err(LearnerError::BadInput(format!("temperature must be finite and > 0, got {temperature}")))
+        Err(PolicyError::BadInput(format!("temperature must be finite and > 0, got {temperature}")))
     }
 }
 
@@ -479,4 +500,23 @@ fn softmax(scored: &[Scored], temperature: f64) -> Vec<f64> {
     let w: Vec<f64> = z.iter().map(|x| (x - max).exp()).collect();
     let total: f64 = w.iter().sum();
     w.into_iter().map(|x| x / total).collect()
+}
+
+impl TrainablePolicy for Policy {
+    type Error = PolicyError;
+
+    /// Every parameter, in name order (a fixed order, as the trait requires).
+    fn trainable_vars(&self) -> Vec<Var> {
+        let data = self.varmap.data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut named: Vec<(&String, &Var)> = data.iter().collect();
+        named.sort_by(|a, b| a.0.cmp(b.0));
+        named.into_iter().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// One batched forward; the entropy comes with it at no extra pass, so
+    /// it is returned whether asked for or not.
+    fn score_tokens(&self, batch: &TokenBatch<'_>, _with_entropy: bool) -> Result<TokenScores> {
+        let (logp, entropy) = self.forward(batch)?;
+        Ok(TokenScores { logp, entropy: Some(entropy) })
+    }
 }

@@ -16,9 +16,14 @@ use ahash::AHashMap;
 
 use crate::error::{Error, Result};
 
-/// Largest reward magnitude accepted. Group statistics sum squared rewards;
-/// beyond this they could overflow to infinity and turn advantages into NaN.
-pub const MAX_ABS_REWARD: f64 = 1e100;
+/// Largest reward magnitude accepted, for `reward`, `episode_reward` and the
+/// sum of `|reward|` over a trajectory (which bounds every discounted return).
+///
+/// The results are `f32` (largest finite value about 3.4e38): with rewards, the
+/// invalid penalty and fixed terminal values within this bound and the step
+/// weight within [`crate::estimators::MAX_ABS_STEP_WEIGHT`], every estimator's
+/// output stays below about 1e37, so it is always finite.
+pub const MAX_ABS_REWARD: f64 = 1e30;
 
 /// Sentinel in [`RolloutBatch::next_rows`] for the last step of a trajectory.
 pub const NO_NEXT: u32 = u32::MAX;
@@ -110,6 +115,8 @@ struct TrajState {
     next_step: u32,
     first_row: u32,
     last_row: u32,
+    /// Sum of `|reward|` over the trajectory's rows so far.
+    abs_reward_sum: f64,
 }
 
 /// Incremental, validating constructor of a [`RolloutBatch`].
@@ -226,6 +233,10 @@ impl BatchBuilder {
                         found: row.step,
                     });
                 }
+                let abs_reward_sum = state.abs_reward_sum + row.reward.abs();
+                if abs_reward_sum > MAX_ABS_REWARD {
+                    return Err(Error::ReturnOutOfRange { row: index, traj: row.traj.to_owned(), sum: abs_reward_sum });
+                }
                 if state.episode_reward != row.episode_reward {
                     return Err(Error::EpisodeRewardMismatch {
                         row: index,
@@ -262,6 +273,7 @@ impl BatchBuilder {
                 self.next_row[state.last_row as usize] = row_u32;
                 state.last_row = row_u32;
                 state.next_step += 1;
+                state.abs_reward_sum += row.reward.abs();
                 t
             }
             None => {
@@ -274,6 +286,7 @@ impl BatchBuilder {
                     next_step: 1,
                     first_row: row_u32,
                     last_row: row_u32,
+                    abs_reward_sum: row.reward.abs(),
                 });
                 t
             }

@@ -1,7 +1,7 @@
 //! GPU vs CPU agreement of the CUDA kernels (fused GRPO loss, G2PO advantage stages).
 //!
 //! The references are the crate's own CPU implementations, never a copy: the loss is
-//! compared with `learner::fused::grpo_loss_cpu` (verl semantics), the stages with
+//! compared with `loss::grpo_loss_cpu` (verl semantics), the stages with
 //! `Estimator::estimate` through `cuda::StageHost`. GPU tests skip, printing why, when
 //! `GpuContext::new(0)` fails (no driver, no GPU, no NVRTC); the host-side tests (input
 //! validation, `StageHost` construction) run everywhere the `nvrtc` feature builds.
@@ -10,8 +10,7 @@
 use std::collections::HashMap;
 
 use g2po::cuda::{CudaError, GpuContext, StageHost, StagePlan};
-use g2po::learner::fused::grpo_loss_cpu;
-use g2po::learner::{KlEstimator, LossAggregation, LossBuffers, LossConfig, LossDiagnostics, LossInputs};
+use g2po::loss::{KlEstimator, LossAggregation, LossBuffers, LossConfig, LossDiagnostics, LossInputs, grpo_loss_cpu};
 use g2po::{
     AdvantageEstimator, Anchor, Estimator, EstimatorConfig, EstimatorKind, Grouping, Normalization, RolloutBatch,
     StatsOver, Step, TerminalValues,
@@ -106,7 +105,8 @@ fn all_configs() -> Vec<LossConfig> {
         LossAggregation::TokenMean,
         LossAggregation::SeqMeanTokenSum,
         LossAggregation::SeqMeanTokenMean,
-        LossAggregation::SeqMeanTokenSumNorm { length: 64.0 },
+        LossAggregation::SeqMeanTokenSumNorm { length: Some(64.0) },
+        LossAggregation::SeqMeanTokenSumNorm { length: None },
     ];
     for kl in kls {
         for aggregation in aggs {
@@ -124,8 +124,10 @@ fn assert_diag_close(a: &LossDiagnostics, b: &LossDiagnostics, what: &str) {
         ("clip_fraction", a.clip_fraction, b.clip_fraction),
         ("dual_clip_fraction", a.dual_clip_fraction, b.dual_clip_fraction),
         ("approx_kl_old", a.approx_kl_old, b.approx_kl_old),
+        ("approx_kl_old_k3", a.approx_kl_old_k3, b.approx_kl_old_k3),
         ("kl_ref", a.kl_ref, b.kl_ref),
         ("entropy", a.entropy, b.entropy),
+        ("entropy_loss", a.entropy_loss, b.entropy_loss),
     ];
     for (name, x, y) in pairs {
         assert!(close(x, y), "{what}: {name} {x} vs {y}");
@@ -157,7 +159,10 @@ fn gpu_validation_accepts_and_rejects_what_the_cpu_does() {
         (
             "norm length 0",
             base,
-            LossConfig { aggregation: LossAggregation::SeqMeanTokenSumNorm { length: 0.0 }, ..LossConfig::default() },
+            LossConfig {
+                aggregation: LossAggregation::SeqMeanTokenSumNorm { length: Some(0.0) },
+                ..LossConfig::default()
+            },
         ),
         (
             "KL without logp_ref",
@@ -212,11 +217,14 @@ fn loss_gpu_is_deterministic_and_rejects_bad_input() {
     assert!(gpu.grpo_loss(&LossInputs { logp: &case.0.logp[1..], ..case.0.view() }, &c).is_err());
 }
 
-/// The candle CustomOp on candle's CUDA device gives the same loss and gradient.
+/// The learner's fused op on candle's CUDA device (its `cuda_fwd`) gives the same loss,
+/// gradient and diagnostics as the direct launch, and two applications keep their own
+/// gradients.
 #[cfg(feature = "cuda")]
 #[test]
-fn candle_custom_op_matches_direct_launch() {
+fn candle_op_cuda_forward_matches_direct_launch() {
     use candle_core::{Device, Tensor, Var};
+    use g2po::learner::{FusedGrpoLoss, LossConstants};
     let Some(gpu) = gpu_or_skip() else { return };
     let Ok(dev) = Device::new_cuda(0) else {
         eprintln!("SKIPPED: candle cannot open CUDA device 0");
@@ -227,24 +235,36 @@ fn candle_custom_op_matches_direct_launch() {
     let want = gpu.grpo_loss(&case.0.view(), &c).unwrap();
     let t = |v: &[f32]| Tensor::from_slice(v, (case.0.rows, case.0.max_len), &dev).unwrap();
     let logp = Var::from_tensor(&t(&case.0.logp)).unwrap();
-    let op = g2po::cuda::FusedGrpoLoss::new(
-        t(&case.0.logp_old),
-        Some(t(&case.0.logp_ref)),
-        t(&case.adv),
-        Some(t(&case.0.entropy)),
-        t(&case.0.mask),
+    let op = FusedGrpoLoss::new(
+        LossConstants {
+            logp_old: t(&case.0.logp_old),
+            logp_ref: Some(t(&case.0.logp_ref)),
+            advantages: t(&case.0.advantages),
+            entropy: Some(t(&case.0.entropy)),
+            mask: t(&case.0.mask),
+        },
         c,
     )
     .unwrap();
-    let loss = logp.as_tensor().apply_op1(op.clone()).unwrap();
+    let (loss, diagnostics) = op.apply(logp.as_tensor()).unwrap();
+    // A second application to another logp before the first backward.
+    let shifted: Vec<f32> = case.0.logp.iter().map(|x| x - 0.05).collect();
+    let other = Var::from_tensor(&t(&shifted)).unwrap();
+    let (loss_other, _) = op.clone().apply(other.as_tensor()).unwrap();
     let value = f64::from(loss.to_scalar::<f32>().unwrap());
     assert!(close(value, want.loss), "{value} vs {}", want.loss);
+    assert_diag_close(&diagnostics, &want.diagnostics, "candle op");
     let grads = loss.affine(2.0, 0.0).unwrap().backward().unwrap();
     let g: Vec<f32> = grads.get(logp.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     for (a, b) in g.iter().zip(&want.grad_logp) {
         assert!(close(f64::from(*a), 2.0 * f64::from(*b)), "{a} vs 2*{b}");
     }
-    assert_eq!(op.diagnostics(), Some(want.diagnostics));
+    let want_other = grpo_loss_cpu(&LossInputs { logp: &shifted, ..case.0.view() }, &c).unwrap();
+    let g: Vec<f32> =
+        loss_other.backward().unwrap().get(other.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    for (a, b) in g.iter().zip(&want_other.grad_logp) {
+        assert!(close(f64::from(*a), f64::from(*b)), "{a} vs {b}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

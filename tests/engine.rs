@@ -197,31 +197,71 @@ fn stats_over_trajectories_vs_rows() {
 #[test]
 fn terminal_values_fixed() {
     // A: s0 -> success (R = 10, T = 1); B: s0 -> failure (R = 0).
-    // V(s0) = (0.95 * 10 + 0) / 2 = 4.75 under both terminal readings (node
-    // values come from episode rewards).
     let mut b = RolloutBatch::builder();
     b.push_trajectory("g", "A", 10.0, [last("s0", 10.0)]).unwrap();
     b.push_trajectory("g", "B", 0.0, [last("s0", 0.0)]).unwrap();
     let batch = b.build().unwrap();
     let base = cfg(EstimatorKind::G2po, Normalization::Mean);
-    // Episode reward terminals: next values 10, 0; td 5.25, -4.75 -> edge +-5;
-    // node-centric x = 10, 0 -> +-5.
+    // Episode reward terminals: V(s0) = (0.95 * 10 + 0) / 2 = 4.75; next values 10, 0;
+    // td 5.25, -4.75 -> edge +-5; node-centric x = 10, 0 -> +-5.
     let adv = run(base, &batch);
     assert_eq!(adv.next_node, vec![-1, -2]);
     assert_all_close(&adv.node_value, &[4.75, 4.75], "V");
+    assert_all_close(&adv.next_value, &[10.0, 0.0], "next value");
     assert_all_close(&adv.edge_centric, &[5.0, -5.0], "edge, episode-reward terminals");
     assert_all_close(&adv.node_centric, &[5.0, -5.0], "node, episode-reward terminals");
-    // Fixed { success: 1, failure: -1 }: next values 1, -1; td -3.75, -5.75 -> edge +-1;
-    // node-centric x = 1, -1 -> +-1.
+    // Fixed { success: 1, failure: -1 }: visits take the same mapping, 0.95 * 1 and
+    // 0.95 * -1, so V(s0) = 0; next values 1, -1; td 1, -1 -> edge +-1; node-centric +-1.
     let fixed = EstimatorConfig { terminal: TerminalValues::Fixed { success: 1.0, failure: -1.0 }, ..base };
     let adv = run(fixed, &batch);
     assert_eq!(adv.next_node, vec![-1, -2]);
-    assert_all_close(&adv.node_value, &[4.75, 4.75], "V fixed");
+    assert_all_close(&adv.node_value, &[0.0, 0.0], "V fixed");
+    assert_all_close(&adv.next_value, &[1.0, -1.0], "next value fixed");
     assert_all_close(&adv.edge_centric, &[1.0, -1.0], "edge, fixed terminals");
     assert_all_close(&adv.node_centric, &[1.0, -1.0], "node, fixed terminals");
     // Fixed { success: 10, failure: 0 } coincides with the reference reading here.
     let same = EstimatorConfig { terminal: TerminalValues::Fixed { success: 10.0, failure: 0.0 }, ..base };
     assert_eq!(run(same, &batch), run(base, &batch));
+}
+
+/// Fixed terminals on another scale than the episode rewards: the visit values
+/// take the terminal mapping too, so a winning final move keeps a positive edge
+/// term (with visit values on the reward scale it would be 1 - 2.5 < 0).
+#[test]
+fn fixed_terminals_on_another_scale_than_the_rewards() {
+    // A: s0 -> s1 -> success (R = 10); B: s0 -> s1 -> failure (R = 0); gamma = 0.5,
+    // mean_norm, Fixed { success: 1, failure: 0 }.
+    let mut b = RolloutBatch::builder();
+    b.push_trajectory("g", "A", 10.0, [step("s0"), last("s1", 10.0)]).unwrap();
+    b.push_trajectory("g", "B", 0.0, [step("s0"), last("s1", 0.0)]).unwrap();
+    let batch = b.build().unwrap();
+    let c = EstimatorConfig {
+        gamma: 0.5,
+        terminal: TerminalValues::Fixed { success: 1.0, failure: 0.0 },
+        ..cfg(EstimatorKind::G2po, Normalization::Mean)
+    };
+    let adv = run(c, &batch);
+    // Visit values 0.5^(T - t) * R_term: A0 0.25 * 1, A1 0.5 * 1, B 0.
+    // V(s0) = 0.125, V(s1) = 0.25. Rows: 0 A@s0, 1 A@s1, 2 B@s0, 3 B@s1.
+    assert_all_close(&adv.node_value, &[0.125, 0.25, 0.125, 0.25], "V");
+    // Next values: s1 0.25, success 1, s1 0.25, failure 0.
+    assert_all_close(&adv.next_value, &[0.25, 1.0, 0.25, 0.0], "next value");
+    // TD: 0.125, 0.75, 0.125, -0.25; mean 0.1875.
+    assert_all_close(&adv.edge_centric, &[-0.0625, 0.5625, -0.0625, -0.4375], "edge");
+    // Node-centric: s0 {0.25, 0.25} -> 0, 0; s1 {1, 0} -> +0.5, -0.5.
+    assert_all_close(&adv.node_centric, &[0.0, 0.5, 0.0, -0.5], "node");
+    // Episode: scores 10, 10, 0, 0 -> +-5.
+    assert_all_close(&adv.episode, &[5.0, 5.0, -5.0, -5.0], "episode");
+    assert_all_close(&adv.advantage, &[4.9375, 6.0625, -5.0625, -5.9375], "advantage");
+    assert!(adv.edge_centric[1] > 0.0, "the winning final move is credited");
+
+    // The state graph shows the terminals at the values the estimator used.
+    let g = StateGraph::build(&batch, &adv, 0).unwrap();
+    for t in g.graph.node_weights().filter(|n| n.kind != NodeKind::State) {
+        let want = if t.kind == NodeKind::Success { 1.0 } else { 0.0 };
+        assert_eq!(t.value, want, "{:?}", t.kind);
+    }
+    assert!(g.to_dot().contains("success\\nV=1.000"), "{}", g.to_dot());
 }
 
 #[test]
@@ -423,6 +463,7 @@ fn write_jsonl_parses_back_and_compares() {
                 assert_eq!(rows[3]["node"], 2);
                 assert!(rows[0].get("node_value").is_some() && rows[0].get("edge_centric").is_some());
             }
+            other => unreachable!("{other} is not in this test"),
         }
         // Against itself: exact up to the parse rounding of the f64 text.
         let c = g2po::io::compare(&adv, &rows);
@@ -594,5 +635,48 @@ fn gamma_change_between_calls_is_respected() {
             let want = gamma.powi(3 - t as i32) * 10.0;
             assert!((*v as f64 - want).abs() < 1e-5, "gamma {gamma}, step {t}: {v} vs {want}");
         }
+    }
+}
+
+/// A canonicaliser that runs rayon work lets the worker thread pick up another
+/// group's job while the first group is still in progress (here forced with
+/// `rayon::yield_now`); the engine's per-thread scratch must survive that re-entry.
+#[test]
+fn canonicalizer_using_rayon_re_enters_the_engine_safely() {
+    use std::borrow::Cow;
+    struct YieldingLowercase;
+    impl g2po::keys::Canonicalize for YieldingLowercase {
+        fn canonicalize<'a>(&self, text: &'a str) -> Cow<'a, str> {
+            // Runs whatever job is queued on this worker: another group of the batch.
+            let _ = rayon::yield_now();
+            let parts: Vec<String> = text.split(' ').collect::<Vec<_>>().par_iter().map(|w| w.to_lowercase()).collect();
+            Cow::Owned(parts.join(" "))
+        }
+    }
+    use rayon::prelude::*;
+    // More rows than the engine processes on one thread without splitting (2048),
+    // so the second half of the groups is queued while the first is processed.
+    let mut b = RolloutBatch::builder();
+    for g in 0..1024 {
+        let group = format!("g{g}");
+        b.push_trajectory(&group, &format!("{g}/a"), 10.0, [step("The Hall"), last("the door", 10.0)]).unwrap();
+        b.push_trajectory(&group, &format!("{g}/b"), 0.0, [step("the hall"), last("The Wall", 0.0)]).unwrap();
+    }
+    let batch = b.build().unwrap();
+    let similarity = EstimatorConfig {
+        grouping: g2po::Grouping::Similarity { threshold: 0.95 },
+        ..cfg(EstimatorKind::G2po, Normalization::MeanStd)
+    };
+    let plain = Estimator::new(similarity).unwrap().with_keyer(StateKeyer::new().with(g2po::keys::CollapseWhitespace));
+    let yielding = Estimator::new(similarity).unwrap().with_keyer(StateKeyer::new().with(YieldingLowercase));
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let adv = pool.install(|| yielding.estimate(&batch)).unwrap();
+        // Lowercasing fuses "The Hall" with "the hall": both rows of node 0 in every group.
+        for g in 0..1024 {
+            assert_eq!(&adv.node[4 * g..4 * g + 4], &[0, 1, 0, 2], "group {g}");
+        }
+        let unfused = plain.estimate(&batch).unwrap();
+        assert_eq!(&unfused.node[..4], &[0, 1, 2, 3]);
     }
 }

@@ -154,6 +154,91 @@ fn non_finite_rewards() {
     assert!(matches!(err, Error::NonFinite { row: 0, field: "episode_reward", .. }));
 }
 
+/// Results are f32: inputs and parameters whose results would overflow it are
+/// rejected with a typed error naming the row or parameter; at the accepted
+/// extremes every estimator's every column is finite.
+#[test]
+fn results_are_always_finite_f32() {
+    // Rewards beyond 1e30 (1e39 is finite in f64 but not in f32).
+    for field in ["reward", "episode_reward"] {
+        let mut b = RolloutBatch::builder();
+        b.push_step(row("g", "t", 0, "s")).unwrap();
+        let mut bad = row("g", "t", 1, "s");
+        if field == "reward" {
+            bad.reward = -1e39
+        } else {
+            bad.episode_reward = 1e39
+        }
+        match b.push_step(bad) {
+            Err(Error::RewardOutOfRange { row: 1, field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    // Each reward in range, but their sum (which bounds the discounted return) is not.
+    let mut b = RolloutBatch::builder();
+    let big = Step { reward: 6e29, ..step("s") };
+    match b.push_trajectory("g", "t", 0.0, [big, big, big]) {
+        Err(Error::ReturnOutOfRange { row: 1, traj, sum }) => assert_eq!((traj.as_str(), sum), ("t", 1.2e30)),
+        other => panic!("{other:?}"),
+    }
+    // Parameters.
+    let base = EstimatorConfig::new(EstimatorKind::G2po);
+    for (name, cfg) in [
+        ("step_weight", EstimatorConfig { step_weight: 1e308, ..base }),
+        ("step_weight", EstimatorConfig { step_weight: -2e6, ..base }),
+        ("invalid_penalty", EstimatorConfig { invalid_penalty: -1e300, ..base }),
+        ("terminal", EstimatorConfig { terminal: g2po::TerminalValues::Fixed { success: 1e31, failure: 0.0 }, ..base }),
+    ] {
+        match Estimator::new(cfg) {
+            Err(Error::InvalidParameter { name: n, .. }) => assert_eq!(n, name),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // The accepted extremes: rewards of +-1e30 summing to 1e30 per trajectory,
+    // w = 1e6, p = 1e30, gamma = 1, both modes: every column finite.
+    let extremes = |one_row_group: bool| {
+        let mut b = RolloutBatch::builder();
+        for (t, r) in [("a", 1e30), ("b", -1e30), ("c", 1e30), ("d", 0.0)] {
+            let steps = [Step { valid: false, ..step("x") }, Step { reward: r, ..step("y") }];
+            b.push_trajectory("g", t, r, steps).unwrap();
+        }
+        if one_row_group {
+            b.push_trajectory("one", "e", -1e30, [Step { reward: -1e30, valid: false, ..step("z") }]).unwrap();
+        }
+        b.build().unwrap()
+    };
+    for kind in g2po::EstimatorKind::ALL {
+        // pass@k needs two rows per group.
+        let batch = extremes(kind != EstimatorKind::GrpoPassk);
+        for norm in NORMS {
+            for stats_over in [g2po::StatsOver::Rows, g2po::StatsOver::Trajectories] {
+                let cfg = EstimatorConfig {
+                    norm,
+                    stats_over,
+                    gamma: 1.0,
+                    step_weight: -1e6,
+                    invalid_penalty: 1e30,
+                    ..EstimatorConfig::new(kind)
+                };
+                let Ok(estimator) = Estimator::new(cfg) else { continue };
+                let adv = estimator.estimate(&batch).unwrap();
+                for (name, col) in [
+                    ("advantage", &adv.advantage),
+                    ("episode", &adv.episode),
+                    ("step", &adv.step),
+                    ("node_centric", &adv.node_centric),
+                    ("edge_centric", &adv.edge_centric),
+                    ("step_return", &adv.step_return),
+                    ("node_value", &adv.node_value),
+                    ("next_value", &adv.next_value),
+                ] {
+                    assert!(col.iter().all(|x| x.is_finite()), "{kind} {norm:?} {stats_over:?} {name}: {col:?}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn negative_response_len_and_step_in_jsonl() {
     let text = [
@@ -463,6 +548,48 @@ fn graph_needs_g2po_output_and_a_known_group() {
         Err(Error::UnknownGroup(g)) => assert_eq!(g, "5"),
         other => panic!("{other:?}"),
     }
+}
+
+/// A hand-built `Advantages` with ids no estimator produces is a typed error naming
+/// the row and column, never an index panic.
+#[test]
+fn graph_of_hand_built_advantages_with_bad_ids() {
+    let batch = g2po::doc_batch(); // 4 rows, one group: hall, door | hall, wall
+    let good = estimate(EstimatorKind::G2po, Normalization::MeanStd, &batch);
+    assert!(g2po::graph::StateGraph::build(&batch, &good, 0).is_ok());
+    type Patch = fn(&mut g2po::Advantages);
+    let cases: [(&str, Patch, usize, &str); 5] = [
+        ("negative node", |a| a.node[2] = -3, 2, "node"),
+        ("node id skipping ids", |a| a.node[1] = 7, 1, "node"),
+        ("next node outside the group", |a| a.next_node[0] = 9, 0, "next_node"),
+        ("next node below the terminals", |a| a.next_node[3] = -7, 3, "next_node"),
+        ("huge node id", |a| a.node[0] = i32::MAX, 0, "node"),
+    ];
+    for (what, patch, want_row, want_column) in cases {
+        let mut adv = good.clone();
+        patch(&mut adv);
+        match g2po::graph::StateGraph::build(&batch, &adv, 0) {
+            Err(Error::BadAdvantages { row, column, .. }) => {
+                assert_eq!((row, column), (want_row, want_column), "{what}")
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // A column of the wrong length (e.g. advantages of another batch).
+    let mut short = good.clone();
+    short.advantage.pop();
+    assert!(matches!(
+        g2po::graph::StateGraph::build(&batch, &short, 0),
+        Err(Error::InvalidParameter { name: "advantages", .. })
+    ));
+    let mut hand =
+        g2po::Advantages { node: good.node.clone(), next_node: good.next_node.clone(), ..Default::default() };
+    hand.advantage = good.advantage.clone();
+    hand.node_value = good.node_value.clone();
+    assert!(matches!(
+        g2po::graph::StateGraph::build(&batch, &hand, 0),
+        Err(Error::InvalidParameter { name: "advantages", .. })
+    ));
 }
 
 // ---------------------------------------------------------------- builder atomicity

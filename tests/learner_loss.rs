@@ -1,11 +1,13 @@
 //! The GRPO loss: hand-computed values for every option, the fused gradient
-//! against central finite differences, and fused == candle-ops == custom op.
+//! against central finite differences, and CPU reference == candle ops ==
+//! the fused candle op (whose applications never share a gradient).
 #![cfg(feature = "learner")]
 
 use candle_core::{DType, Device, Tensor, Var};
-use g2po::learner::tensor::{FusedGrpoLoss, LossTensors, aggregate, grpo_loss_tensors};
-use g2po::learner::{
-    KlEstimator, LearnerError, LossAggregation, LossBuffers, LossConfig, LossInputs, LossOutput, grpo_loss_cpu,
+use g2po::learner::tensor::{LossTensors, aggregate, grpo_loss_tensors};
+use g2po::learner::{FusedGrpoLoss, LearnerError};
+use g2po::loss::{
+    KlEstimator, LossAggregation, LossBuffers, LossConfig, LossError, LossInputs, LossOutput, grpo_loss_cpu,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -212,7 +214,7 @@ fn agg_data() -> Data {
 #[test]
 fn aggregations_by_hand() {
     let d = agg_data();
-    let cases: [(LossAggregation, f64, [f64; 5]); 4] = [
+    let cases: [(LossAggregation, f64, [f64; 5]); 5] = [
         // token-mean: (-1 - 2 - 9) / 5 = -2.4; gradient -A / 5.
         (LossAggregation::TokenMean, -2.4, [-0.2, -0.4, -0.6, -0.6, -0.6]),
         // seq-mean-token-sum: row sums -3, -9; mean over the 2 live rows -6;
@@ -220,8 +222,12 @@ fn aggregations_by_hand() {
         (LossAggregation::SeqMeanTokenSum, -6.0, [-0.5, -1.0, -1.5, -1.5, -1.5]),
         // seq-mean-token-mean: row means -1.5, -3 -> -2.25; gradient -A / (2 n_i).
         (LossAggregation::SeqMeanTokenMean, -2.25, [-0.25, -0.5, -0.5, -0.5, -0.5]),
-        // seq-mean-token-sum-norm with length 4: -3/4, -9/4 -> -1.5; gradient -A / 8.
-        (LossAggregation::SeqMeanTokenSumNorm { length: 4.0 }, -1.5, [-0.125, -0.25, -0.375, -0.375, -0.375]),
+        // seq-mean-token-sum-norm (verl): the sum over rows of the row sums,
+        // divided by the fixed length, no mean over rows. Length 4:
+        // (-3 - 9) / 4 = -3; gradient -A / 4.
+        (LossAggregation::SeqMeanTokenSumNorm { length: Some(4.0) }, -3.0, [-0.25, -0.5, -0.75, -0.75, -0.75]),
+        // Default length: the padded width 3 -> -12 / 3 = -4; gradient -A / 3.
+        (LossAggregation::SeqMeanTokenSumNorm { length: None }, -4.0, [-1.0 / 3.0, -2.0 / 3.0, -1.0, -1.0, -1.0]),
     ];
     for (agg, loss, grads) in cases {
         let o = d.loss(&LossConfig { aggregation: agg, ..plain() });
@@ -267,19 +273,19 @@ fn input_errors_are_typed() {
     let c = plain();
     let mut bad = d.clone();
     bad.old.pop();
-    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &c), Err(LearnerError::LengthMismatch { name: "logp_old", .. })));
+    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &c), Err(LossError::LengthMismatch { name: "logp_old", .. })));
     let mut bad = d.clone();
     bad.logp[4] = f32::NAN;
-    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &c), Err(LearnerError::NonFinite { name: "logp", index: 4 })));
+    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &c), Err(LossError::NonFinite { name: "logp", index: 4 })));
     let mut bad = d.clone();
     bad.adv[0] = f32::INFINITY;
-    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &c), Err(LearnerError::NonFinite { name: "advantages", .. })));
+    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &c), Err(LossError::NonFinite { name: "advantages", .. })));
     let mut bad = d.clone();
     bad.mask = vec![0.0; 9];
-    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &c), Err(LearnerError::EmptyMask)));
+    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &c), Err(LossError::EmptyMask)));
     let mut bad = d.clone();
     bad.mask[0] = 0.5;
-    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &c), Err(LearnerError::BadMask { index: 0, .. })));
+    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &c), Err(LossError::BadMask { index: 0, .. })));
     for cfg in [
         LossConfig { clip_low: -0.1, ..c },
         LossConfig { clip_high: f64::NAN, ..c },
@@ -287,20 +293,21 @@ fn input_errors_are_typed() {
         LossConfig { dual_clip: Some(0.5), ..c },
         LossConfig { kl: Some((KlEstimator::K1, -1.0)), ..c },
         LossConfig { entropy_coef: f64::INFINITY, ..c },
-        LossConfig { aggregation: LossAggregation::SeqMeanTokenSumNorm { length: 0.0 }, ..c },
+        LossConfig { aggregation: LossAggregation::SeqMeanTokenSumNorm { length: Some(0.0) }, ..c },
+        LossConfig { aggregation: LossAggregation::SeqMeanTokenSumNorm { length: Some(f64::INFINITY) }, ..c },
     ] {
-        assert!(matches!(grpo_loss_cpu(&d.inputs(), &cfg), Err(LearnerError::BadConfig(_))), "{cfg:?}");
+        assert!(matches!(grpo_loss_cpu(&d.inputs(), &cfg), Err(LossError::BadConfig(_))), "{cfg:?}");
     }
     // KL configured but no reference; entropy bonus but no entropy.
     let mut bad = d.clone();
     bad.refp.clear();
     let kl = LossConfig { kl: Some((KlEstimator::K3, 0.1)), ..c };
-    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &kl), Err(LearnerError::LengthMismatch { name: "logp_ref", .. })));
+    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &kl), Err(LossError::LengthMismatch { name: "logp_ref", .. })));
     assert!(grpo_loss_cpu(&bad.inputs(), &c).is_ok(), "no KL: an empty reference is fine");
     let mut bad = d;
     bad.ent.clear();
     let ent = LossConfig { entropy_coef: 0.01, ..c };
-    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &ent), Err(LearnerError::LengthMismatch { name: "entropy", .. })));
+    assert!(matches!(grpo_loss_cpu(&bad.inputs(), &ent), Err(LossError::LengthMismatch { name: "entropy", .. })));
 }
 
 /// Every option combination the tests sweep.
@@ -309,7 +316,8 @@ fn all_configs() -> Vec<LossConfig> {
         LossAggregation::TokenMean,
         LossAggregation::SeqMeanTokenSum,
         LossAggregation::SeqMeanTokenMean,
-        LossAggregation::SeqMeanTokenSumNorm { length: 7.0 },
+        LossAggregation::SeqMeanTokenSumNorm { length: Some(7.0) },
+        LossAggregation::SeqMeanTokenSumNorm { length: None },
     ];
     let kls = [None, Some((KlEstimator::K1, 0.05)), Some((KlEstimator::K2, 0.05)), Some((KlEstimator::K3, 0.05))];
     let mut out = Vec::new();
@@ -440,24 +448,8 @@ fn fused_equals_candle_ops_and_custom_op() {
                 assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{c:?} token {i}: ops {a} vs fused {b}");
             }
 
-            // Custom op, with an incoming gradient of 3 to check the scaling.
-            let op = || {
-                FusedGrpoLoss::new(
-                    LossBuffers {
-                        rows: d.rows,
-                        max_len: d.max_len,
-                        logp: Vec::new(),
-                        logp_old: d.old.clone(),
-                        logp_ref: d.refp.clone(),
-                        advantages: d.adv.clone(),
-                        entropy: d.ent.clone(),
-                        mask: d.mask.clone(),
-                    },
-                    c,
-                )
-                .unwrap()
-            };
-            let (loss_op, diag_op) = op().apply(logp.as_tensor()).unwrap();
+            // The fused op, with an incoming gradient of 3 to check the scaling.
+            let (loss_op, diag_op) = fused_op(&d, c).apply(logp.as_tensor()).unwrap();
             assert_eq!(diag_op, fused.diagnostics);
             assert!(close(f64::from(loss_op.to_scalar::<f32>().unwrap()), fused.loss, 1e-6));
             let g_op = (loss_op * 3.0)
@@ -473,18 +465,110 @@ fn fused_equals_candle_ops_and_custom_op() {
             for (a, b) in g_op.iter().zip(&fused.grad_logp) {
                 assert!((a - 3.0 * b).abs() <= 1e-6 * (1.0 + b.abs()));
             }
-            // The raw custom op (no pre-evaluation by `apply`) agrees too.
-            let loss_raw = logp.as_tensor().apply_op1(op()).unwrap();
-            assert!(close(f64::from(loss_raw.to_scalar::<f32>().unwrap()), fused.loss, 1e-6));
-            let g_raw =
-                loss_raw.backward().unwrap().get(&logp).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(g_raw, fused.grad_logp);
-            // The device-independent linearised form agrees as well.
-            let (loss_lin, _) = op().apply_linearised(logp.as_tensor()).unwrap();
-            assert!(close(f64::from(loss_lin.to_scalar::<f32>().unwrap()), fused.loss, 1e-6));
-            let g_lin =
-                loss_lin.backward().unwrap().get(&logp).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(g_lin, fused.grad_logp);
+        }
+    }
+}
+
+/// The op over `d`'s constants (everything but `logp`).
+fn fused_op(d: &Data, c: LossConfig) -> FusedGrpoLoss {
+    FusedGrpoLoss::from_buffers(
+        LossBuffers {
+            rows: d.rows,
+            max_len: d.max_len,
+            logp: Vec::new(),
+            logp_old: d.old.clone(),
+            logp_ref: d.refp.clone(),
+            advantages: d.adv.clone(),
+            entropy: d.ent.clone(),
+            mask: d.mask.clone(),
+        },
+        c,
+    )
+    .unwrap()
+}
+
+/// The defect this guards against: an op whose clones shared one cache keyed
+/// by nothing returned, for a second tensor, the first tensor's loss and
+/// gradient. Every application must answer for its own `logp`, whether the
+/// op is reused, cloned, or applied before the first one's backward ran.
+#[test]
+fn each_application_of_the_op_answers_for_its_own_logp() {
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let d = random_data(&mut rng, true);
+    let mut e = d.clone();
+    for (x, y) in e.logp.iter_mut().zip(&d.old) {
+        *x = y + 0.1; // another logp: ratio e^0.1 everywhere
+    }
+    let c = LossConfig { kl: Some((KlEstimator::K2, 0.1)), ..plain() };
+    let (want_d, want_e) = (d.loss(&c), e.loss(&c));
+    assert!((want_d.loss - want_e.loss).abs() > 1e-3, "the two inputs must differ");
+    let dev = Device::Cpu;
+    let op = fused_op(&d, c);
+    let twin = op.clone();
+    let lp_d = Var::from_tensor(&t2(&d.logp, &d, &dev)).unwrap();
+    let lp_e = Var::from_tensor(&t2(&e.logp, &e, &dev)).unwrap();
+    // Both forwards before either backward.
+    let (loss_d, diag_d) = op.apply(lp_d.as_tensor()).unwrap();
+    let (loss_e, diag_e) = twin.apply(lp_e.as_tensor()).unwrap();
+    let (loss_e2, _) = op.apply(lp_e.as_tensor()).unwrap();
+    assert_eq!(diag_d, want_d.diagnostics);
+    assert_eq!(diag_e, want_e.diagnostics);
+    for (loss, want) in [(&loss_d, &want_d), (&loss_e, &want_e), (&loss_e2, &want_e)] {
+        assert!(close(f64::from(loss.to_scalar::<f32>().unwrap()), want.loss, 1e-6));
+    }
+    let grad = |loss: &Tensor, v: &Var| -> Vec<f32> {
+        loss.backward().unwrap().get(v).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    assert_eq!(grad(&loss_e, &lp_e), want_e.grad_logp);
+    assert_eq!(grad(&loss_d, &lp_d), want_d.grad_logp);
+    assert_eq!(grad(&loss_e2, &lp_e), want_e.grad_logp);
+    // Summed in one graph, each term's gradient reaches its own variable.
+    let both = (loss_d + loss_e).unwrap().backward().unwrap();
+    let gd = both.get(&lp_d).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(gd, want_d.grad_logp);
+}
+
+/// seq-mean-token-sum-norm is verl's `sum over rows of the token sums /
+/// length`: every token weighs `1 / length`, so it is token-mean scaled by
+/// `tokens / length` (value and gradient, every term), it grows with the
+/// number of rows instead of averaging over them, and its gradient matches
+/// central finite differences.
+#[test]
+fn seq_mean_token_sum_norm_sums_over_rows() {
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let d = random_data(&mut rng, true);
+    let tokens = d.mask.iter().filter(|&&m| m == 1.0).count() as f64;
+    let base = LossConfig { kl: Some((KlEstimator::K3, 0.05)), entropy_coef: 0.01, ..LossConfig::default() };
+    let mean = d.loss(&base);
+    for (length, divisor) in [(None, d.max_len as f64), (Some(2.5), 2.5)] {
+        let c = LossConfig { aggregation: LossAggregation::SeqMeanTokenSumNorm { length }, ..base };
+        let out = d.loss(&c);
+        let scale = tokens / divisor;
+        assert!(close(out.loss, mean.loss * scale, 1e-12), "{length:?}: {} vs {}", out.loss, mean.loss * scale);
+        assert!(close(out.diagnostics.policy_loss, mean.diagnostics.policy_loss * scale, 1e-12));
+        assert!(close(out.diagnostics.kl_ref, mean.diagnostics.kl_ref * scale, 1e-12));
+        assert!(close(out.diagnostics.entropy_loss, mean.diagnostics.entropy_loss * scale, 1e-12));
+        for (g, m) in out.grad_logp.iter().zip(&mean.grad_logp) {
+            assert!(close(f64::from(*g), f64::from(*m) * scale, 1e-6));
+        }
+        // Twice the rows (the batch stacked on itself): twice the loss.
+        let mut twice = d.clone();
+        twice.rows *= 2;
+        for v in [&mut twice.logp, &mut twice.old, &mut twice.refp, &mut twice.adv, &mut twice.ent, &mut twice.mask] {
+            let copy = v.clone();
+            v.extend(copy);
+        }
+        assert!(close(twice.loss(&c).loss, 2.0 * out.loss, 1e-12));
+        // Central differences of the loss against its analytic gradient.
+        for i in 0..d.logp.len() {
+            let h = 1e-3f32;
+            let (mut plus, mut minus) = (d.clone(), d.clone());
+            plus.logp[i] += h;
+            minus.logp[i] -= h;
+            let step = f64::from(plus.logp[i]) - f64::from(minus.logp[i]);
+            let fd = (plus.loss(&c).loss - minus.loss(&c).loss) / step;
+            let g = f64::from(out.grad_logp[i]);
+            assert!((fd - g).abs() < 2e-4 * (1.0 + g.abs()), "{length:?} token {i}: fd {fd} vs analytic {g}");
         }
     }
 }
@@ -493,7 +577,7 @@ fn fused_equals_candle_ops_and_custom_op() {
 fn custom_op_accepts_f64_and_keeps_dtype() {
     let d = agg_data();
     let logp = Var::from_tensor(&t2(&d.logp, &d, &Device::Cpu).to_dtype(DType::F64).unwrap()).unwrap();
-    let op = FusedGrpoLoss::new(
+    let op = FusedGrpoLoss::from_buffers(
         LossBuffers {
             rows: d.rows,
             max_len: d.max_len,
@@ -511,7 +595,7 @@ fn custom_op_accepts_f64_and_keeps_dtype() {
     let g = loss.backward().unwrap().get(&logp).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     assert!(close(g[1], -0.4, 1e-6));
     // Wrong shape is a typed error, not a panic.
-    let op = FusedGrpoLoss::new(
+    let op = FusedGrpoLoss::from_buffers(
         LossBuffers {
             rows: 2,
             max_len: 2,
@@ -524,6 +608,23 @@ fn custom_op_accepts_f64_and_keeps_dtype() {
     )
     .unwrap();
     assert!(matches!(op.apply(logp.as_tensor()), Err(LearnerError::BadInput(_))));
+    // Bad constants surface as the loss's typed error when the op runs.
+    let lp = Var::from_tensor(&t2(&d.logp, &d, &Device::Cpu)).unwrap();
+    let mut half = d.mask.clone();
+    half[0] = 0.5;
+    let op = FusedGrpoLoss::from_buffers(
+        LossBuffers {
+            rows: d.rows,
+            max_len: d.max_len,
+            logp_old: d.old.clone(),
+            advantages: d.adv.clone(),
+            mask: half,
+            ..Default::default()
+        },
+        plain(),
+    )
+    .unwrap();
+    assert!(matches!(op.apply(lp.as_tensor()), Err(LearnerError::Loss(LossError::BadMask { index: 0, .. }))));
 }
 
 #[test]
@@ -540,10 +641,13 @@ fn tensor_path_errors_are_typed() {
     assert!(matches!(grpo_loss_tensors(&base, &ent), Err(LearnerError::BadInput(_))));
     let nan = t2(&[f32::NAN; 9], &d, &dev);
     let bad = LossTensors { logp_old: &nan, ..base };
-    assert!(matches!(grpo_loss_tensors(&bad, &plain()), Err(LearnerError::NonFinite { name: "logp_old", index: 0 })));
+    assert!(matches!(
+        grpo_loss_tensors(&bad, &plain()),
+        Err(LearnerError::Loss(LossError::NonFinite { name: "logp_old", index: 0 }))
+    ));
     let zero = t2(&[0.0; 9], &d, &dev);
     let bad = LossTensors { mask: &zero, ..base };
-    assert!(matches!(grpo_loss_tensors(&bad, &plain()), Err(LearnerError::EmptyMask)));
+    assert!(matches!(grpo_loss_tensors(&bad, &plain()), Err(LearnerError::Loss(LossError::EmptyMask))));
     let short = Tensor::zeros((3, 2), DType::F32, &dev).unwrap();
     let bad = LossTensors { advantages: &short, ..base };
     assert!(matches!(grpo_loss_tensors(&bad, &plain()), Err(LearnerError::BadInput(_))));

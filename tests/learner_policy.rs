@@ -3,8 +3,8 @@
 #![cfg(feature = "learner")]
 
 use candle_core::{Device, Tensor};
-use g2po::learner::LearnerError;
-use g2po::policy::{EOS, Policy, PolicyConfig, RESERVED_TOKENS};
+use g2po::learner::{TokenBatch, TrainablePolicy};
+use g2po::policy::{EOS, Policy, PolicyConfig, PolicyError, RESERVED_TOKENS};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -44,7 +44,7 @@ fn config_errors() {
         PolicyConfig { hidden: 0, ..small() },
         PolicyConfig { max_action_tokens: 0, ..small() },
     ] {
-        assert!(matches!(Policy::new(&c, &Device::Cpu, 0), Err(LearnerError::BadConfig(_))));
+        assert!(matches!(Policy::new(&c, &Device::Cpu, 0), Err(PolicyError::BadConfig(_))));
     }
 }
 
@@ -105,10 +105,42 @@ fn batched_rows_equal_single_rows() {
 #[test]
 fn token_logps_input_errors() {
     let p = policy(0);
-    assert!(matches!(p.token_logps(&["a", "b"], &[&[2]], 1), Err(LearnerError::BadInput(_))));
-    assert!(matches!(p.token_logps(&[], &[], 1), Err(LearnerError::BadInput(_))));
-    assert!(matches!(p.token_logps(&["a"], &[&[2, 3]], 1), Err(LearnerError::BadInput(_))));
-    assert!(matches!(p.token_logps(&["a"], &[&[32]], 1), Err(LearnerError::BadInput(_))));
+    assert!(matches!(p.token_logps(&["a", "b"], &[&[2]], 1), Err(PolicyError::BadInput(_))));
+    assert!(matches!(p.token_logps(&[], &[], 1), Err(PolicyError::Layout(g2po::Error::EmptyBatch))));
+    assert!(matches!(
+        p.token_logps(&["a"], &[&[2, 3]], 1),
+        Err(PolicyError::Layout(g2po::Error::ResponseTooLong { row: 0, len: 2, max_len: 1 }))
+    ));
+    assert!(matches!(p.token_logps(&["a"], &[&[32]], 1), Err(PolicyError::BadInput(_))));
+}
+
+#[test]
+fn the_trainable_policy_impl_is_the_batched_forward() {
+    let p = policy(3);
+    let names: Vec<String> = {
+        let data = p.varmap().data().lock().unwrap();
+        let mut n: Vec<String> = data.keys().cloned().collect();
+        n.sort();
+        n
+    };
+    let vars = p.trainable_vars();
+    assert_eq!(vars.len(), names.len());
+    let data = p.varmap().data().lock().unwrap();
+    for (v, n) in vars.iter().zip(&names) {
+        assert_eq!(v.id(), data[n].id(), "name order");
+    }
+    drop(data);
+    assert_eq!(
+        p.trainable_vars().iter().map(|v| v.id()).collect::<Vec<_>>(),
+        vars.iter().map(|v| v.id()).collect::<Vec<_>>()
+    );
+    let (a, b) = (p.tokenize_action("take key"), p.tokenize_action("go"));
+    let batch = TokenBatch::new([("a room", &a[..]), ("a hall", &b[..]), ("a room", &b[..])], Some(4)).unwrap();
+    assert_eq!(batch.observations().len(), 2);
+    let scores = p.score_tokens(&batch, true).unwrap();
+    let (logp, ent) = p.token_logps(&["a room", "a hall", "a room"], &[&a, &b, &b], 4).unwrap();
+    assert_eq!(scores.logp.to_vec2::<f32>().unwrap(), logp.to_vec2::<f32>().unwrap());
+    assert_eq!(scores.entropy.unwrap().to_vec2::<f32>().unwrap(), ent.to_vec2::<f32>().unwrap());
 }
 
 #[test]
@@ -181,10 +213,10 @@ fn act_input_errors() {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let a = acts(&["x"]);
     for t in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        assert!(matches!(p.act("o", &a, t, &mut rng), Err(LearnerError::BadInput(_))));
+        assert!(matches!(p.act("o", &a, t, &mut rng), Err(PolicyError::BadInput(_))));
     }
-    assert!(matches!(p.act("o", &[], 1.0, &mut rng), Err(LearnerError::BadInput(_))));
-    assert!(matches!(p.greedy("o", &[]), Err(LearnerError::BadInput(_))));
+    assert!(matches!(p.act("o", &[], 1.0, &mut rng), Err(PolicyError::BadInput(_))));
+    assert!(matches!(p.greedy("o", &[]), Err(PolicyError::BadInput(_))));
 }
 
 #[test]

@@ -20,7 +20,20 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-const KINDS: [EstimatorKind; 3] = [EstimatorKind::Grpo, EstimatorKind::Gigpo, EstimatorKind::G2po];
+/// Every estimator but GRPO pass@k, whose tie rule (the first best row in row
+/// order) makes it order-dependent by design and which refuses one-row groups;
+/// it has its own property below.
+const KINDS: [EstimatorKind; 7] = [
+    EstimatorKind::Grpo,
+    EstimatorKind::Gigpo,
+    EstimatorKind::G2po,
+    EstimatorKind::G2poTree,
+    EstimatorKind::G2poBellman,
+    EstimatorKind::Rloo,
+    EstimatorKind::ReinforcePlusPlusBaseline,
+];
+/// The estimators with G2PO's graph terms.
+const GRAPH_KINDS: [EstimatorKind; 3] = [EstimatorKind::G2po, EstimatorKind::G2poTree, EstimatorKind::G2poBellman];
 const NORMS: [Normalization; 2] = [Normalization::MeanStd, Normalization::Mean];
 const ALPHABET: u8 = 5;
 const TOL: f32 = 1e-5;
@@ -210,7 +223,7 @@ fn check_order_invariance(case: &Case, order: &[RowId], kinds: &[EstimatorKind])
         for norm in NORMS {
             let (a, b) = (estimate_with(config(kind, norm), &base_batch), estimate_with(config(kind, norm), &batch));
             assert_close_keyed((&base_order, &a), (order, &b), &format!("{kind} {norm:?}"))?;
-            if kind == EstimatorKind::G2po {
+            if GRAPH_KINDS.contains(&kind) {
                 prop_assert_eq!(edge_ends(&base_order, &a), edge_ends(order, &b));
             }
         }
@@ -256,7 +269,8 @@ proptest! {
     /// estimators that do not renumber step groups batch-wide.
     #[test]
     fn interleaved_groups_match_trajectory_major(case in case_strategy()) {
-        check_order_invariance(&case, &fully_interleaved(&case), &[EstimatorKind::Grpo, EstimatorKind::G2po])?;
+        let kinds: Vec<EstimatorKind> = KINDS.into_iter().filter(|&k| k != EstimatorKind::Gigpo).collect();
+        check_order_invariance(&case, &fully_interleaved(&case), &kinds)?;
     }
 
     /// A bijective renaming of states, or keys instead of texts, or a
@@ -293,7 +307,7 @@ proptest! {
         let batch = build(&case, &order, plain_text);
         for norm in NORMS {
             let grpo = estimate_with(config(EstimatorKind::Grpo, norm), &batch);
-            for kind in [EstimatorKind::Gigpo, EstimatorKind::G2po] {
+            for kind in [EstimatorKind::Gigpo, EstimatorKind::G2po, EstimatorKind::G2poTree, EstimatorKind::G2poBellman] {
                 let adv = estimate_with(EstimatorConfig { step_weight: 0.0, ..config(kind, norm) }, &batch);
                 prop_assert_eq!(&adv.advantage, &grpo.advantage, "{} {:?}", kind, norm);
                 prop_assert_eq!(&adv.episode, &grpo.episode);
@@ -316,15 +330,18 @@ proptest! {
             let gigpo = estimate_with(config(EstimatorKind::Gigpo, norm), &batch);
             prop_assert!(gigpo.step.iter().all(|&x| x == 0.0));
             prop_assert_eq!(&gigpo.advantage, &grpo.advantage);
-            let g2po = estimate_with(config(EstimatorKind::G2po, norm), &batch);
-            prop_assert!(g2po.node_centric.iter().all(|&x| x == 0.0));
-            // Every node is a single visit, so its value is the visit's own
-            // gamma^(T - t) * R.
-            for (row, &(g, t, s)) in order.iter().enumerate() {
-                let traj = &case.groups[g][t];
-                let r = if traj.success { 10.0 } else { 0.0 };
-                let v = 0.95f64.powi((traj.steps.len() - s) as i32) * r;
-                prop_assert!((g2po.node_value[row] as f64 - v).abs() < 1e-5);
+            // The history tree, the Bellman backup and G2PO coincide here.
+            for kind in GRAPH_KINDS {
+                let g2po = estimate_with(config(kind, norm), &batch);
+                prop_assert!(g2po.node_centric.iter().all(|&x| x == 0.0));
+                // Every node is a single visit, so its value is the visit's own
+                // gamma^(T - t) * R.
+                for (row, &(g, t, s)) in order.iter().enumerate() {
+                    let traj = &case.groups[g][t];
+                    let r = if traj.success { 10.0 } else { 0.0 };
+                    let v = 0.95f64.powi((traj.steps.len() - s) as i32) * r;
+                    prop_assert!((g2po.node_value[row] as f64 - v).abs() < 1e-5, "{} {:?}", kind, norm);
+                }
             }
         }
     }
@@ -336,7 +353,7 @@ proptest! {
         for (order, kinds) in [
             (traj_major(&case, None), &KINDS[..]),
             (step_major(&case), &KINDS[..]),
-            (fully_interleaved(&case), &[EstimatorKind::Grpo, EstimatorKind::G2po][..]),
+            (fully_interleaved(&case), &KINDS[..]),
         ] {
             let batch = build(&case, &order, plain_text);
             for &kind in kinds {
@@ -381,11 +398,11 @@ proptest! {
                 for width in [None, Some(longest + 3)] {
                     let padded = g2po::broadcast::padded(&adv, &batch, width).unwrap();
                     let w = width.unwrap_or(longest);
-                    prop_assert_eq!((padded.rows, padded.max_len), (batch.len(), w));
+                    prop_assert_eq!((padded.rows(), padded.max_len()), (batch.len(), w));
                     for (row, &len) in lens.iter().enumerate() {
                         let len = len as usize;
-                        let values = &padded.values[row * w..(row + 1) * w];
-                        let mask = &padded.mask[row * w..(row + 1) * w];
+                        let values = padded.values.row(row).to_vec();
+                        let mask = padded.mask.row(row).to_vec();
                         prop_assert_eq!(&values[..len], flat.row(row));
                         prop_assert!(values[len..].iter().all(|&x| x == 0.0));
                         prop_assert!(mask[..len].iter().all(|&m| m == 1.0));
@@ -401,7 +418,7 @@ proptest! {
                         }
                         let sum = |col: &[f32]| rows.iter().map(|&r| col[r as usize] as f64).sum::<f64>();
                         prop_assert!(sum(&adv.episode).abs() < 1e-3, "episode sum {}", sum(&adv.episode));
-                        if kind == EstimatorKind::G2po {
+                        if GRAPH_KINDS.contains(&kind) {
                             prop_assert!(sum(&adv.edge_centric).abs() < 1e-3);
                         }
                     }
@@ -419,5 +436,34 @@ proptest! {
     #[test]
     fn gigpo_on_interleaved_groups_matches_trajectory_major(case in case_strategy()) {
         check_order_invariance(&case, &fully_interleaved(&case), &[EstimatorKind::Gigpo])?;
+    }
+
+    /// GRPO pass@k: one row per group at most is non-zero, a row of the group's
+    /// best score, and the first such row in row order; thread count irrelevant.
+    #[test]
+    fn passk_credits_at_most_the_first_best_row(case in case_strategy()) {
+        let batch = build(&case, &step_major(&case), plain_text);
+        let cfg = config(EstimatorKind::GrpoPassk, Normalization::Mean);
+        let estimator = Estimator::new(cfg).unwrap();
+        if (0..batch.num_groups()).any(|g| batch.group_rows(g).len() < 2) {
+            let refused = matches!(estimator.estimate(&batch), Err(g2po::Error::GroupTooSmall { .. }));
+            prop_assert!(refused);
+            return Ok(());
+        }
+        let (one, four) = pools();
+        let adv = one.install(|| estimator.estimate(&batch)).unwrap();
+        prop_assert_eq!(&adv, &four.install(|| estimator.estimate(&batch)).unwrap());
+        let score = |r: usize| batch.episode_rewards()[r] - if batch.valid()[r] { 0.0 } else { 0.1 };
+        for g in 0..batch.num_groups() {
+            let rows = batch.group_rows(g);
+            let best = rows.iter().map(|&r| score(r as usize)).fold(f64::NEG_INFINITY, f64::max);
+            let first_best = rows.iter().find(|&&r| score(r as usize) == best).copied().unwrap();
+            for &r in rows {
+                if r != first_best {
+                    prop_assert_eq!(adv.advantage[r as usize], 0.0);
+                }
+            }
+            prop_assert!(adv.advantage[first_best as usize] >= 0.0);
+        }
     }
 }

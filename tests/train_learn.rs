@@ -39,7 +39,7 @@ fn runs_are_reproducible() {
     let cfg = TrainConfig { iterations: 3, ..chain_config(EstimatorKind::Gigpo, 9) };
     let strip = |v: Vec<g2po::train::IterationLog>| -> Vec<_> {
         v.into_iter()
-            .map(|l| (l.train_success, l.mean_length, l.update.policy_loss, l.truth.map(|t| t.pearson)))
+            .map(|l| (l.train_success, l.mean_length, l.update.diagnostics.policy_loss, l.truth.map(|t| t.pearson)))
             .collect()
     };
     let a = strip(Trainer::new(cfg.clone()).unwrap().run(|_| {}).unwrap());
@@ -69,10 +69,17 @@ fn bad_configs_are_typed_errors() {
 }
 
 #[test]
-fn kl_reference_is_kept_when_the_loss_asks_for_it() {
-    let mut cfg = TrainConfig { iterations: 2, ..chain_config(EstimatorKind::G2po, 1) };
+fn kl_reference_is_the_frozen_initial_policy() {
+    let mut cfg = TrainConfig { iterations: 3, ..chain_config(EstimatorKind::G2po, 1) };
     cfg.learner.loss.kl = Some((g2po::learner::KlEstimator::K3, 0.01));
+    // One mini-batch and one epoch per update (at most 2 x 8 x 6 = 96 rows),
+    // so the first update is evaluated at the initial policy.
+    assert!(cfg.learner.minibatch_size >= 96 && cfg.learner.ppo_epochs == 1);
     let logs = Trainer::new(cfg).unwrap().run(|_| {}).unwrap();
-    // Without the frozen reference the learner would refuse a loss with a KL term.
-    assert!(logs[1].update.kl_ref.is_finite());
+    // The reference is a copy of the initial policy: exactly no KL at first...
+    assert_eq!(logs[0].update.diagnostics.kl_ref, 0.0);
+    // ...and a positive one once the policy has moved (k3 > 0 off the reference).
+    for l in &logs[1..] {
+        assert!(l.update.diagnostics.kl_ref > 0.0, "iteration {}: {:?}", l.iteration, l.update);
+    }
 }

@@ -21,16 +21,17 @@ fn tilted_robot_policy(table: &TruthTable) -> Policy {
     let p = small_policy(5);
     let mut learner = Learner::new(LearnerConfig { lr: 0.01, ..LearnerConfig::default() }, &p).unwrap();
     for _ in 0..2 {
-        let mut rows = Vec::new();
+        let (mut rows, mut advantages) = (Vec::new(), Vec::new());
         for text in (0..100).filter_map(|k| table.text(k)) {
             for (action, advantage) in [("south", 1.0f32), ("north", -1.0)] {
                 let tokens = p.tokenize_action(action);
                 let (lp, _) = p.token_logps(&[text], &[&tokens], tokens.len()).unwrap();
                 let old_logps = lp.to_vec2::<f32>().unwrap().remove(0);
-                rows.push(UpdateRow { observation: text.to_string(), action_tokens: tokens, old_logps, advantage });
+                rows.push(UpdateRow { observation: text.to_string(), action_tokens: tokens, old_logps });
+                advantages.push(advantage);
             }
         }
-        learner.update(&p, None, &UpdateBatch { rows }).unwrap();
+        learner.update(&p, None, &UpdateBatch::with_row_advantages(rows, &advantages).unwrap()).unwrap();
     }
     p
 }

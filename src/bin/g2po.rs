@@ -413,7 +413,7 @@ fn train(args: &TrainArgs) -> Result<bool, TrainError> {
             l.horizon,
             l.train_success,
             l.eval_success.map_or_else(|| "-".into(), |e| format!("{e:.2}")),
-            l.update.policy_loss
+            l.update.diagnostics.policy_loss
         ));
         if let (Some(w), None) = (log.as_mut(), &write_err) {
             let line = serde_json::to_string(l).expect("logs serialise");

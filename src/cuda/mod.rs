@@ -17,21 +17,23 @@
 //! * **Bandwidth first.** Both kernels are memory-bound: the loss reads each input once and
 //!   writes the gradient once; the advantage stages touch each row a small constant number of
 //!   times, with node and group segments laid out by the host in CSR order.
-//! * **candle integration.** Under the `cuda` feature, `FusedGrpoLoss` is a candle
-//!   `CustomOp1` that runs the loss kernel on candle's own CUDA stream and returns the fused
-//!   gradient in the backward pass.
+//! * **candle integration.** Under the `cuda` feature, the learner's one fused-loss op
+//!   (`crate::learner::FusedGrpoLoss`) has a `cuda_fwd` that runs the loss kernel on candle's
+//!   own CUDA stream through the launch code here, and returns the fused gradient in the
+//!   backward pass. This module depends only on [`crate::loss`] (the options, inputs and CPU
+//!   reference), never on the learner.
 //!
 //! The mathematics is SPEC sections 3 (G2PO) and 4 (GRPO loss); the CPU reference of the loss
-//! is `crate::learner::fused::grpo_loss_cpu`.
+//! is [`crate::loss::grpo_loss_cpu`].
 
 mod advantages;
 mod loss;
 mod stage_host;
 
 pub use advantages::{StageInputs, StageOutputs, StageParams, StagePlan};
-#[cfg(feature = "cuda")]
-pub use loss::FusedGrpoLoss;
 pub use loss::validate_loss_inputs;
+#[cfg(feature = "cuda")]
+pub(crate) use loss::{DeviceLossInputs, LossFunctions, finish, run_loss};
 pub use stage_host::StageHost;
 
 use std::sync::{Arc, OnceLock};
@@ -60,6 +62,9 @@ pub enum CudaError {
     /// A CUDA driver call failed after initialisation.
     #[error("CUDA driver error: {0}")]
     Driver(String),
+    /// The loss's inputs or options are invalid (the same rules as on the CPU).
+    #[error(transparent)]
+    Loss(#[from] crate::loss::LossError),
     /// The inputs violate the documented contract.
     #[error("invalid input: {0}")]
     InvalidInput(String),

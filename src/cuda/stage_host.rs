@@ -4,11 +4,11 @@
 //! the engine's [`Advantages`] already carries them, numbered per task group. This module turns
 //! a batch plus that output into the flat, globally numbered arrays the GPU stages consume, so
 //! the GPU path reuses exactly the engine's state fusion. Only what the kernels support is
-//! accepted: G2PO with episode statistics over rows (the kernels have no per-trajectory
+//! accepted: G2PO (or G2PO on the history tree) with episode statistics over rows (the kernels have no per-trajectory
 //! statistics); anything else is a [`CudaError::Unsupported`].
 
 use super::{CudaError, StageInputs, StageParams};
-use crate::estimators::{Advantages, EstimatorConfig, EstimatorKind, Normalization, StatsOver, TerminalValues};
+use crate::estimators::{self, Advantages, EstimatorConfig, EstimatorKind, Normalization, StatsOver};
 use crate::rollout::RolloutBatch;
 
 /// Owned per-row arrays for [`StageInputs`] plus the matching [`StageParams`].
@@ -34,7 +34,8 @@ pub struct StageHost {
     pub next_node: Vec<i32>,
     /// Value of the terminal after the row (episode reward or the fixed terminal value).
     pub terminal_value: Vec<f32>,
-    /// `gamma^(T - t) * R` of the row's visit.
+    /// `gamma^(T - t) * R_term` of the row's visit, `R_term` the value of the terminal its
+    /// trajectory ends in (the same mapping as [`Self::terminal_value`]).
     pub visit_value: Vec<f32>,
     /// 1 where the action was invalid.
     pub invalid: Vec<u8>,
@@ -51,7 +52,8 @@ impl StageHost {
     /// node ids) and the configuration `config` it was computed with.
     ///
     /// # Errors
-    /// [`CudaError::Unsupported`] unless `config` is G2PO with `stats_over = rows`;
+    /// [`CudaError::Unsupported`] unless `config` is G2PO or G2PO on the history tree with
+    /// `stats_over = rows`;
     /// [`CudaError::InvalidInput`] when `adv` does not belong to `batch` (lengths, missing
     /// node columns, a next node outside its group's range) or `config` is invalid.
     ///
@@ -66,8 +68,10 @@ impl StageHost {
     /// ```
     pub fn from_batch(batch: &RolloutBatch, adv: &Advantages, config: &EstimatorConfig) -> Result<Self, CudaError> {
         let bad = |m: String| Err(CudaError::InvalidInput(m));
-        if config.kind != EstimatorKind::G2po {
-            return Err(CudaError::Unsupported(format!("GPU stages compute G2PO, not {}", config.kind)));
+        // The history tree only changes the node ids, which come from `adv`; the Bellman
+        // backup's values are not what the stages compute (Monte-Carlo means).
+        if !matches!(config.kind, EstimatorKind::G2po | EstimatorKind::G2poTree) {
+            return Err(CudaError::Unsupported(format!("GPU stages compute G2PO (or g2po_tree), not {}", config.kind)));
         }
         if config.stats_over != StatsOver::Rows {
             return Err(CudaError::Unsupported(
@@ -116,14 +120,8 @@ impl StageHost {
             }
         }
         let reward = batch.episode_rewards();
-        let terminal_value = reward
-            .iter()
-            .map(|&rw| match config.terminal {
-                TerminalValues::EpisodeReward => rw as f32,
-                // Same success test as the engine: a positive episode reward.
-                TerminalValues::Fixed { success, failure } => (if rw > 0.0 { success } else { failure }) as f32,
-            })
-            .collect();
+        // The engine's own terminal mapping, so both back ends fuse the same graph.
+        let terminal_value = reward.iter().map(|&rw| estimators::terminal_value(config, rw) as f32).collect();
         let (trajs, lens, steps) = (batch.trajectories(), batch.trajectory_lens(), batch.steps());
         let visit_value = (0..n)
             .map(|r| {
@@ -131,7 +129,7 @@ impl StageHost {
                 // Repeated multiplication, as the engine's gamma table does (powi may differ
                 // in the last bit).
                 let g = (0..remaining).fold(1.0f64, |acc, _| acc * config.gamma);
-                (g * reward[r]) as f32
+                estimators::visit_value(config, g, reward[r]) as f32
             })
             .collect();
         let invalid: Vec<u8> = batch.valid().iter().map(|&v| u8::from(!v)).collect();

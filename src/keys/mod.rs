@@ -3,12 +3,20 @@
 //! Two rows are the same state when their keys are equal. Keys come from the
 //! anchor text, first passed through a chain of [`Canonicalize`] steps (real
 //! environments print move counters and turn numbers that would otherwise make
-//! every state unique), then hashed with ahash under fixed seeds, so the same
-//! text gives the same key in every process of the same build. (ahash picks
-//! its algorithm at compile time: a build with the `aes` target feature, e.g.
-//! `-C target-cpu=native`, hashes differently from the default build, so keys
-//! stored by one kind of build should be read by the same kind.) Callers that
-//! know their states exactly can skip all this and supply keys themselves
+//! every state unique), then hashed.
+//!
+//! ## The key function
+//!
+//! `key(text) = XXH3_64(canonical(text).as_bytes(), seed = 0)`: the 64-bit
+//! XXH3 hash (xxHash's published specification, `XXH3_64bits`) of the UTF-8
+//! bytes of the canonicalised text, with the default secret and seed 0. It
+//! does not depend on the build, the target's CPU features, the process or
+//! the platform's endianness, so the workers of a distributed trainer agree,
+//! and any language with an XXH3 binding computes the same key (in Python:
+//! `xxhash.xxh3_64_intdigest(text.encode("utf-8"))`, pinned in this module's
+//! tests and in the Python package's). ahash is used only for in-memory hash
+//! maps, whose values never leave a process. Callers that know their states
+//! exactly can skip all this and supply keys themselves
 //! ([`crate::Anchor::Key`]).
 //!
 //! For near-identical observations GiGPO also offers similarity grouping,
@@ -22,9 +30,6 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use crate::rollout::{Anchor, RolloutBatch};
-
-/// Fixed seeds: keys must not change between processes or runs.
-const SEEDS: [u64; 4] = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344, 0xa409_3822_299f_31d0, 0x082e_fa98_ec4e_6c89];
 
 /// Rewrites observation text into a canonical form before hashing.
 ///
@@ -160,8 +165,8 @@ impl Canonicalize for StripMoveCounter {
     }
 }
 
-/// Turns anchor text into state keys: a chain of canonicalisers, then ahash
-/// with fixed seeds.
+/// Turns anchor text into state keys: a chain of canonicalisers, then XXH3-64
+/// of the UTF-8 bytes (see the [module docs](self) for the exact function).
 ///
 /// ```
 /// use g2po::keys::{StateKeyer, StripTurnPrefix};
@@ -172,7 +177,6 @@ impl Canonicalize for StripMoveCounter {
 /// assert_eq!(keyer.key("At turn 1, a room"), keyer.key("At turn 2, a room"));
 /// ```
 pub struct StateKeyer {
-    hasher: ahash::RandomState,
     steps: Vec<Box<dyn Canonicalize>>,
 }
 
@@ -196,7 +200,7 @@ impl StateKeyer {
     /// assert_ne!(k.key("a"), k.key("b"));
     /// ```
     pub fn new() -> Self {
-        Self { hasher: ahash::RandomState::with_seeds(SEEDS[0], SEEDS[1], SEEDS[2], SEEDS[3]), steps: Vec::new() }
+        Self { steps: Vec::new() }
     }
 
     /// The keyer for text environments: turn prefixes and move counters
@@ -246,11 +250,7 @@ impl StateKeyer {
     /// assert_eq!(k.key("same"), g2po::keys::StateKeyer::new().key("same"));
     /// ```
     pub fn key(&self, text: &str) -> u64 {
-        if self.steps.is_empty() {
-            self.hasher.hash_one(text)
-        } else {
-            self.hasher.hash_one(self.canonical(text).as_ref())
-        }
+        if self.steps.is_empty() { hash_text(text) } else { hash_text(self.canonical(text).as_ref()) }
     }
 
     /// The key of every row of a batch: its own keys, or its texts hashed in
@@ -277,23 +277,45 @@ impl StateKeyer {
     }
 }
 
+/// XXH3-64 (seed 0) of the text's UTF-8 bytes: the key of text that needs no
+/// canonicalisation.
+///
+/// ```
+/// // The same value as Python's `xxhash.xxh3_64_intdigest(b"hall")`.
+/// assert_eq!(g2po::keys::hash_text("hall"), 0xa1c2_97bb_18c8_2007);
+/// ```
+pub fn hash_text(text: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_stable_across_instances_and_known_values() {
-        // A change of seed or algorithm would silently split states between a
-        // trainer and a stored batch: pin one value.
-        let a = StateKeyer::new().key("You are in the kitchen.");
-        let b = StateKeyer::new().key("You are in the kitchen.");
-        assert_eq!(a, b);
-        // Pinned for the default x86-64/aarch64 build (ahash's portable
-        // path). A build with the `aes` target feature enabled hashes
-        // differently: keep trainer and stored keys on one kind of build.
-        #[cfg(not(target_feature = "aes"))]
-        assert_eq!(a, 0x9df3_ab76_0205_aa0d);
-        assert_ne!(a, StateKeyer::new().key("You are in the kitchen!"));
+    fn keys_are_xxh3_of_the_utf8_bytes() {
+        // Values from a second implementation (the Python `xxhash` package
+        // 4.1.0, `xxh3_64_intdigest(text.encode())`), one per XXH3 length
+        // class (0, 4-8, 9-16, 17-128, 129-240, > 240 bytes) plus non-ASCII
+        // text. A change here would silently split states between trainers
+        // and stored batches.
+        let pinned: [(String, u64); 7] = [
+            (String::new(), 0x2d06_8005_38d3_94c2),
+            ("hall".into(), 0xa1c2_97bb_18c8_2007),
+            ("kitchen 12".into(), 0xb8c2_1a63_327b_c0a8),
+            ("You are in the kitchen.".into(), 0x857c_d789_cdcf_1096),
+            ("Ä café — naïve 🤖".into(), 0xd6e6_29d1_d3a6_bd23),
+            ("y".repeat(200), 0x78c5_ae5c_f7b1_237e),
+            ("x".repeat(300), 0xa5d1_b460_7dc8_3554),
+        ];
+        let keyer = StateKeyer::new();
+        for (text, key) in &pinned {
+            assert_eq!(keyer.key(text), *key, "{text:?}");
+        }
+        // Canonicalised text hashes like the canonical form itself.
+        let env = StateKeyer::new().with(StripTurnPrefix);
+        assert_eq!(env.key("At turn 3, hall"), 0xa1c2_97bb_18c8_2007);
+        assert_ne!(keyer.key("You are in the kitchen."), keyer.key("You are in the kitchen!"));
     }
 
     #[test]

@@ -1,58 +1,43 @@
 //! The learner's error type.
 //!
-//! One enum covers bad caller input (caught before any arithmetic so that the
-//! loss never silently becomes NaN) and failures of the tensor library, so
-//! that callers can `?` through policy, loss and optimiser code alike.
+//! One enum covers bad loss inputs ([`LossError`], caught before any
+//! arithmetic so that the loss never silently becomes NaN), bad update
+//! batches, the policy's own failures and failures of the tensor library, so
+//! that callers can `?` through loss, policy and optimiser code alike.
 
 use thiserror::Error;
 
-/// Everything that can go wrong in the loss, the policy or the learner.
+use crate::loss::LossError;
+
+/// Everything that can go wrong in the loss op or the learner.
 ///
 /// ```
 /// use g2po::learner::LearnerError;
-/// let e = LearnerError::EmptyMask;
+/// use g2po::loss::LossError;
+/// let e = LearnerError::from(LossError::EmptyMask);
 /// assert!(e.to_string().contains("mask"));
 /// ```
 #[derive(Debug, Error)]
 pub enum LearnerError {
-    /// A flat input slice does not hold `rows * max_len` entries.
-    #[error("input `{name}` has {got} entries, expected {expected}")]
-    LengthMismatch {
-        /// Name of the offending input.
-        name: &'static str,
-        /// Its length.
-        got: usize,
-        /// The required length.
-        expected: usize,
-    },
-    /// An input entry is NaN or infinite.
-    #[error("input `{name}` has a non-finite value at index {index}")]
-    NonFinite {
-        /// Name of the offending input.
-        name: &'static str,
-        /// Flat index of the first bad entry.
-        index: usize,
-    },
-    /// A mask entry is neither 0 nor 1.
-    #[error("mask entry {index} is {value}, expected 0 or 1")]
-    BadMask {
-        /// Flat index of the entry.
-        index: usize,
-        /// Its value.
-        value: f32,
-    },
-    /// No token is selected by the mask, so every aggregation is undefined.
-    #[error("the response mask selects no token")]
-    EmptyMask,
-    /// An option is out of its domain.
-    #[error("invalid configuration: {0}")]
+    /// The loss rejected its inputs or options.
+    #[error(transparent)]
+    Loss(#[from] LossError),
+    /// A learner option is out of its domain.
+    #[error("invalid learner configuration: {0}")]
     BadConfig(String),
-    /// Some other caller input is invalid (message says which).
+    /// Some other caller input is invalid (the message says which).
     #[error("invalid input: {0}")]
     BadInput(String),
+    /// The padded token layout ([`crate::broadcast`]) rejected the rows.
+    #[error(transparent)]
+    Layout(#[from] crate::Error),
     /// The gradient norm was NaN or infinite; the update was not applied.
     #[error("non-finite gradient norm {0}; update skipped")]
     NonFiniteGradient(f64),
+    /// The policy failed while scoring tokens (its own error, boxed; see
+    /// [`crate::learner::TrainablePolicy::Error`]).
+    #[error("policy: {0}")]
+    Policy(Box<dyn std::error::Error + Send + Sync>),
     /// A failure inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -1,18 +1,23 @@
-//! GRPO learner (verl loss semantics) on candle tensors.
+//! GRPO learner (verl loss semantics) on candle tensors, for any policy that
+//! implements [`TrainablePolicy`].
 //!
-//! Layout: [`config`] holds the loss options and the plain-slice types shared
-//! with the CUDA kernel; [`fused`] is the one-pass CPU loss (the reference);
-//! [`tensor`] the same loss as candle ops and as a custom op; [`update`] the
-//! PPO-style optimisation loop (AdamW, global-norm clipping, mini-batches).
+//! Layout and dependencies (one way: `loss` <- `cuda` <- `learner` <- `policy`):
+//! the loss mathematics, options and CPU reference live in [`crate::loss`]
+//! (no tensor library); [`op`] wraps them as one candle op with a CPU and a
+//! CUDA forward ([`FusedGrpoLoss`]); [`tensor`] states the same loss as
+//! ordinary candle ops; [`trainable`] is what the learner asks of a policy;
+//! [`update`] is the PPO-style optimisation loop (AdamW, global-norm
+//! clipping, mini-batches, `target_kl` early stopping).
 
-pub mod config;
 pub mod error;
-pub mod fused;
+pub mod op;
 pub mod tensor;
+pub mod trainable;
 pub mod update;
 
-pub use config::{KlEstimator, LossAggregation, LossBuffers, LossConfig, LossDiagnostics, LossInputs, LossOutput};
+pub use crate::loss::{KlEstimator, LossAggregation, LossConfig, LossDiagnostics};
 pub use error::LearnerError;
-pub use fused::grpo_loss_cpu;
-pub use tensor::{FusedGrpoLoss, LossTensors, grpo_loss_tensors};
+pub use op::{FusedGrpoLoss, LossConstants};
+pub use tensor::{LossTensors, grpo_loss_tensors};
+pub use trainable::{TokenBatch, TokenScores, TrainablePolicy};
 pub use update::{Learner, LearnerConfig, UpdateBatch, UpdateRow, UpdateStats, clip_grad_norm};

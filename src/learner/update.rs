@@ -1,25 +1,36 @@
 //! The optimisation loop: PPO epochs over shuffled mini-batches, AdamW and
-//! global-norm gradient clipping (verl's actor update on a small policy).
+//! global-norm gradient clipping (verl's actor update), for any
+//! [`TrainablePolicy`].
 //!
 //! Why these choices: the update must be reproducible, so the shuffling uses
 //! a ChaCha8 stream owned by the learner (seeded once, advanced by every
-//! update) and the parameters are always visited in name order, which fixes
-//! the floating-point summation order of the gradient norm. The loss is either
-//! the fused custom op or the op-by-op tensor expression (`fused`); the tests
-//! hold them equal, so the switch is a speed knob, not a semantic one.
+//! update) and the parameters are always visited in the policy's fixed order,
+//! which fixes the floating-point summation order of the gradient norm. The
+//! loss is either the fused op ([`FusedGrpoLoss`], on whatever device the
+//! policy's tensors live) or the op-by-op tensor expression (`fused: false`);
+//! the tests hold them equal, so the switch is a speed knob, not a semantic
+//! one.
+//!
+//! Token layout: an [`UpdateBatch`] holds its per-token inputs (old
+//! log-probabilities, advantages, response mask) as padded `[rows x max_len]`
+//! arrays from [`crate::broadcast`]; a mini-batch is a selection of rows at the
+//! full width, so the padded response length (seq-mean-token-sum-norm's
+//! default divisor) is the batch's.
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, TensorId, Var};
+use candle_core::{DType, Device, Tensor, TensorId, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use ndarray::{Array2, Axis};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::config::{LossBuffers, LossConfig, LossDiagnostics};
 use super::error::{LearnerError, Result};
-use super::fused::validate_config;
-use super::tensor::{FusedGrpoLoss, LossTensors, aggregate, grpo_loss_tensors};
-use crate::policy::Policy;
+use super::op::{FusedGrpoLoss, LossConstants};
+use super::tensor::{LossTensors, aggregate, grpo_loss_tensors};
+use super::trainable::{TokenBatch, TokenScores, TrainablePolicy};
+use crate::broadcast::Padded;
+use crate::loss::{LossConfig, LossDiagnostics, validate_config};
 
 /// Options of the learner.
 ///
@@ -46,6 +57,12 @@ pub struct LearnerConfig {
     pub ppo_epochs: usize,
     /// Rows per mini-batch (the last one of an epoch may be smaller).
     pub minibatch_size: usize,
+    /// Early stopping of the PPO epochs (CleanRL's `target_kl`): after an
+    /// epoch whose last mini-batch had a k3 approximate KL to the sampling
+    /// policy (`approx_kl_old_k3`) above this, no further epoch runs.
+    /// `None` always runs `ppo_epochs`.
+    #[serde(default)]
+    pub target_kl: Option<f64>,
     /// Use the fused loss (custom op) instead of the op-by-op expression.
     pub fused: bool,
     /// Seed of the mini-batch shuffling.
@@ -63,6 +80,7 @@ impl Default for LearnerConfig {
             max_grad_norm: 1.0,
             ppo_epochs: 1,
             minibatch_size: 256,
+            target_kl: None,
             fused: true,
             seed: 0,
         }
@@ -76,6 +94,7 @@ impl LearnerConfig {
     /// use g2po::learner::LearnerConfig;
     /// assert!(LearnerConfig::default().validate().is_ok());
     /// assert!(LearnerConfig { minibatch_size: 0, ..Default::default() }.validate().is_err());
+    /// assert!(LearnerConfig { target_kl: Some(0.0), ..Default::default() }.validate().is_err());
     /// ```
     pub fn validate(&self) -> Result<()> {
         validate_config(&self.loss)?;
@@ -99,63 +118,201 @@ impl LearnerConfig {
         if self.ppo_epochs == 0 || self.minibatch_size == 0 {
             return bad("ppo_epochs and minibatch_size must be positive".into());
         }
+        if let Some(t) = self.target_kl
+            && !(t.is_finite() && t > 0.0)
+        {
+            return bad(format!("target_kl must be finite and > 0, got {t}"));
+        }
         Ok(())
     }
 }
 
-/// One training row: a step of a trajectory.
+/// One training row: an action taken in an observation.
 ///
 /// ```
 /// let r = g2po::learner::UpdateRow {
-///     observation: "a hall".into(), action_tokens: vec![5, 1], old_logps: vec![-1.0, -0.5], advantage: 0.3,
+///     observation: "a hall".into(), action_tokens: vec![5, 1], old_logps: vec![-1.0, -0.5],
 /// };
 /// assert_eq!(r.action_tokens.len(), r.old_logps.len());
 /// ```
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UpdateRow {
-    /// The observation the action was taken in.
+    /// The observation (prompt) the action was taken in.
     pub observation: String,
     /// The action's token ids (the policy's tokenisation).
     pub action_tokens: Vec<u32>,
     /// Per-token log-probabilities under the sampling policy.
     pub old_logps: Vec<f32>,
-    /// The row's advantage, broadcast to all its tokens.
-    pub advantage: f32,
 }
 
-/// The rows of one update.
+/// The rows of one update with their token-level inputs in the padded
+/// `[rows x max_len]` layout of [`crate::broadcast`].
 ///
 /// ```
-/// let b = g2po::learner::UpdateBatch::default();
-/// assert!(b.rows.is_empty());
+/// use g2po::learner::{UpdateBatch, UpdateRow};
+/// let row = |t: Vec<u32>| UpdateRow { observation: "s".into(), old_logps: vec![-1.0; t.len()], action_tokens: t };
+/// let b = UpdateBatch::with_row_advantages(vec![row(vec![4, 1]), row(vec![1])], &[0.5, -1.0])?;
+/// assert_eq!((b.len(), b.max_len()), (2, 2));
+/// assert_eq!(b.advantages().as_slice().unwrap(), &[0.5, 0.5, -1.0, 0.0]);
+/// assert_eq!(b.old_logps().as_slice().unwrap(), &[-1.0, -1.0, -1.0, 0.0]);
+/// assert!(UpdateBatch::with_row_advantages(vec![], &[]).is_err());
+/// # Ok::<(), g2po::learner::LearnerError>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpdateBatch {
-    /// The rows.
-    pub rows: Vec<UpdateRow>,
+    rows: Vec<UpdateRow>,
+    old_logps: Array2<f32>,
+    advantages: Array2<f32>,
+    mask: Array2<f32>,
 }
 
-/// Means over the mini-batches of one update.
+impl UpdateBatch {
+    /// The batch from its rows and their token-level advantages with the
+    /// response mask (from [`crate::broadcast::padded`] for an engine
+    /// estimate, or [`crate::broadcast::padded_rows`]); row `r` of
+    /// `advantages` belongs to `rows[r]`. The padded width is `advantages`'.
+    ///
+    /// Errors: no rows, a row count that differs from `advantages`', a row
+    /// whose token and log-probability counts differ or that is longer than
+    /// the width, a mask entry other than 0 and 1, a mask selecting a
+    /// position past its row's action or no token of its row.
+    pub fn new(rows: Vec<UpdateRow>, advantages: Padded) -> Result<Self> {
+        if rows.is_empty() {
+            return Err(LearnerError::BadInput("empty update batch".into()));
+        }
+        let Padded { values: advantages, mask } = advantages;
+        if advantages.nrows() != rows.len() || mask.dim() != advantages.dim() {
+            return Err(LearnerError::BadInput(format!(
+                "{} rows but advantages of shape {:?} and a mask of shape {:?}",
+                rows.len(),
+                advantages.dim(),
+                mask.dim()
+            )));
+        }
+        for (i, (r, m)) in rows.iter().zip(mask.rows()).enumerate() {
+            if r.action_tokens.len() != r.old_logps.len() {
+                return Err(LearnerError::BadInput(format!(
+                    "row {i}: {} tokens but {} old log-probs",
+                    r.action_tokens.len(),
+                    r.old_logps.len()
+                )));
+            }
+            if let Some((j, &v)) = m.iter().enumerate().find(|&(_, &v)| v != 0.0 && v != 1.0) {
+                return Err(LearnerError::BadInput(format!("row {i}: mask entry {j} is {v}, expected 0 or 1")));
+            }
+            if let Some(j) = m.iter().enumerate().skip(r.action_tokens.len()).find(|&(_, &v)| v == 1.0).map(|(j, _)| j)
+            {
+                return Err(LearnerError::BadInput(format!(
+                    "row {i}: the mask selects position {j}, past the action's {} tokens",
+                    r.action_tokens.len()
+                )));
+            }
+            if !m.iter().any(|&v| v == 1.0) {
+                return Err(LearnerError::BadInput(format!("row {i}: the mask selects no token")));
+            }
+        }
+        let old_logps =
+            crate::broadcast::pad_ragged(rows.iter().map(|r| r.old_logps.as_slice()), Some(advantages.ncols()))?;
+        Ok(Self { rows, old_logps, advantages, mask })
+    }
+
+    /// The batch with each row's advantage broadcast to all its tokens
+    /// ([`crate::broadcast::padded_rows`]), padded to the longest action.
+    pub fn with_row_advantages(rows: Vec<UpdateRow>, advantages: &[f32]) -> Result<Self> {
+        let lens = rows
+            .iter()
+            .map(|r| u32::try_from(r.action_tokens.len()))
+            .collect::<Result<Vec<u32>, _>>()
+            .map_err(|_| LearnerError::BadInput("an action longer than u32::MAX tokens".into()))?;
+        let padded = crate::broadcast::padded_rows(advantages, &lens, None)?;
+        Self::new(rows, padded)
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Always `false`: a batch has at least one row.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The padded width.
+    pub fn max_len(&self) -> usize {
+        self.advantages.ncols()
+    }
+
+    /// The rows.
+    pub fn rows(&self) -> &[UpdateRow] {
+        &self.rows
+    }
+
+    /// `[rows x max_len]` old log-probabilities, 0 past each action.
+    pub fn old_logps(&self) -> &Array2<f32> {
+        &self.old_logps
+    }
+
+    /// `[rows x max_len]` token advantages.
+    pub fn advantages(&self) -> &Array2<f32> {
+        &self.advantages
+    }
+
+    /// `[rows x max_len]` response mask.
+    pub fn mask(&self) -> &Array2<f32> {
+        &self.mask
+    }
+}
+
+/// What one update did: token-weighted means over its mini-batches.
+///
+/// In the JSONL log of `g2po train` the diagnostics appear flat beside `loss`
+/// and `grad_norm` (`policy_loss`, `clip_fraction`, `approx_kl_old`,
+/// `approx_kl_old_k3`, `kl_ref`, `entropy`, ...).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UpdateStats {
-    /// Total loss.
+    /// Total loss, mean over the mini-batches weighted by their tokens.
     pub loss: f64,
-    /// Policy-gradient part of the loss.
-    pub policy_loss: f64,
-    /// Fraction of tokens with the ratio clip active.
-    pub clip_fraction: f64,
-    /// Fraction of tokens with the dual-clip bound active.
-    pub dual_clip_fraction: f64,
-    /// Mean of `logp_old - logp`.
-    pub approx_kl_old: f64,
-    /// KL to the reference (0 without KL).
-    pub kl_ref: f64,
-    /// Mean token entropy.
-    pub entropy: f64,
-    /// Global gradient norm before clipping.
+    /// The loss diagnostics, each a mean over the mini-batches weighted by
+    /// their masked tokens (so every token counts once per epoch, whatever
+    /// the mini-batch sizes).
+    #[serde(flatten)]
+    pub diagnostics: LossDiagnostics,
+    /// Global gradient norm before clipping, mean over the optimiser steps.
     pub grad_norm: f64,
     /// Number of mini-batches (optimiser steps).
     pub minibatches: usize,
+    /// PPO epochs run (fewer than `ppo_epochs` after an early stop).
+    #[serde(default)]
+    pub epochs: usize,
+    /// Masked tokens over all mini-batches (the weights' sum).
+    #[serde(default)]
+    pub tokens: usize,
+    /// Whether `target_kl` stopped the epochs early.
+    #[serde(default)]
+    pub early_stopped: bool,
+}
+
+/// `acc += w * d`, field by field: the one place the diagnostics are summed.
+fn add_weighted(acc: &mut LossDiagnostics, d: &LossDiagnostics, w: f64) {
+    let LossDiagnostics {
+        policy_loss,
+        clip_fraction,
+        dual_clip_fraction,
+        approx_kl_old,
+        approx_kl_old_k3,
+        kl_ref,
+        entropy,
+        entropy_loss,
+    } = *d;
+    acc.policy_loss += w * policy_loss;
+    acc.clip_fraction += w * clip_fraction;
+    acc.dual_clip_fraction += w * dual_clip_fraction;
+    acc.approx_kl_old += w * approx_kl_old;
+    acc.approx_kl_old_k3 += w * approx_kl_old_k3;
+    acc.kl_ref += w * kl_ref;
+    acc.entropy += w * entropy;
+    acc.entropy_loss += w * entropy_loss;
 }
 
 /// Scales the gradients of `vars` in place so that their global L2 norm is at
@@ -193,31 +350,23 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
     Ok(norm)
 }
 
-/// The policy's parameters in name order, so that every pass over them
-/// (norms, optimiser) has one fixed order.
-fn sorted_vars(policy: &Policy) -> Vec<Var> {
-    let data = policy.varmap().data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut named: Vec<(&String, &Var)> = data.iter().collect();
-    named.sort_by(|a, b| a.0.cmp(b.0));
-    named.into_iter().map(|(_, v)| v.clone()).collect()
-}
-
 /// The GRPO learner: owns the optimiser state of one policy.
 ///
 /// ```
 /// use candle_core::Device;
 /// use g2po::learner::{Learner, LearnerConfig, UpdateBatch, UpdateRow};
 /// use g2po::policy::{Policy, PolicyConfig};
-/// let policy = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &Device::Cpu, 0).unwrap();
-/// let mut learner = Learner::new(LearnerConfig::default(), &policy).unwrap();
+/// let policy = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &Device::Cpu, 0)?;
+/// let mut learner = Learner::new(LearnerConfig::default(), &policy)?;
 /// let tokens = policy.tokenize_action("go north");
-/// let (lp, _) = policy.token_logps(&["hall"], &[&tokens], tokens.len()).unwrap();
-/// let old = lp.to_vec2::<f32>().unwrap().remove(0);
-/// let batch = UpdateBatch { rows: vec![UpdateRow {
-///     observation: "hall".into(), action_tokens: tokens, old_logps: old, advantage: 1.0 }] };
-/// let stats = learner.update(&policy, None, &batch).unwrap();
+/// let (lp, _) = policy.token_logps(&["hall"], &[&tokens], tokens.len())?;
+/// let old = lp.to_vec2::<f32>()?.remove(0);
+/// let row = UpdateRow { observation: "hall".into(), action_tokens: tokens, old_logps: old };
+/// let stats = learner.update(&policy, None, &UpdateBatch::with_row_advantages(vec![row], &[1.0])?)?;
 /// assert_eq!(stats.minibatches, 1);
-/// assert!(stats.policy_loss < 0.0); // on-policy with A = 1: loss is -1
+/// // On-policy with A = 1 the surrogate is -A * ratio = -1 exactly.
+/// assert!((stats.diagnostics.policy_loss + 1.0).abs() < 1e-6);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Learner {
     config: LearnerConfig,
@@ -227,11 +376,51 @@ pub struct Learner {
     rng: ChaCha8Rng,
 }
 
+impl std::fmt::Debug for Learner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Learner").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// One mini-batch's outcome.
+struct StepResult {
+    loss: f64,
+    diagnostics: LossDiagnostics,
+    grad_norm: f64,
+    tokens: usize,
+}
+
+fn policy_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> LearnerError {
+    LearnerError::Policy(Box::new(e))
+}
+
+/// A `[rows, max_len]` f32 tensor of `a` on `device`.
+fn tensor_of(a: &Array2<f32>, device: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_vec(a.iter().copied().collect::<Vec<f32>>(), a.dim(), device)?)
+}
+
+fn check_scores(what: &str, t: &Tensor, shape: (usize, usize)) -> Result<()> {
+    if t.dims() != [shape.0, shape.1] {
+        return Err(LearnerError::BadInput(format!(
+            "the policy returned {what} of shape {:?}, expected [{}, {}]",
+            t.dims(),
+            shape.0,
+            shape.1
+        )));
+    }
+    Ok(())
+}
+
 impl Learner {
-    /// A learner for `policy` (whose parameters it will update).
-    pub fn new(config: LearnerConfig, policy: &Policy) -> Result<Self> {
+    /// A learner for `policy` (whose trainable variables it will update).
+    ///
+    /// Errors: an invalid configuration, a policy without trainable variables.
+    pub fn new<P: TrainablePolicy>(config: LearnerConfig, policy: &P) -> Result<Self> {
         config.validate()?;
-        let vars = sorted_vars(policy);
+        let vars = policy.trainable_vars();
+        if vars.is_empty() {
+            return Err(LearnerError::BadInput("the policy has no trainable variables".into()));
+        }
         let params = ParamsAdamW {
             lr: config.lr,
             beta1: config.betas.0,
@@ -254,132 +443,113 @@ impl Learner {
         &self.config
     }
 
-    /// One update: `ppo_epochs` passes over `batch` in shuffled mini-batches,
-    /// one AdamW step per mini-batch after global-norm clipping. `reference`
-    /// is required when the loss has a KL term.
+    /// One update: up to `ppo_epochs` passes over `batch` in shuffled
+    /// mini-batches, one AdamW step per mini-batch after global-norm
+    /// clipping, stopping early after an epoch whose last mini-batch's k3
+    /// approximate KL exceeded `target_kl` (CleanRL's rule). `reference` is
+    /// required when the loss has a KL term.
     ///
-    /// Errors: a policy other than the one the learner was built for, an empty
-    /// batch, rows whose token and log-probability counts differ, a missing
-    /// reference, invalid loss inputs, or a non-finite gradient norm (the
-    /// step is then not applied).
-    pub fn update(&mut self, policy: &Policy, reference: Option<&Policy>, batch: &UpdateBatch) -> Result<UpdateStats> {
-        let ids: Vec<TensorId> = sorted_vars(policy).iter().map(|v| v.id()).collect();
+    /// Errors: a policy other than the one the learner was built for, a
+    /// missing reference, a policy that fails or returns tensors of the wrong
+    /// shape, invalid loss inputs, or a non-finite gradient norm (the step is
+    /// then not applied).
+    pub fn update<P: TrainablePolicy>(
+        &mut self,
+        policy: &P,
+        reference: Option<&P>,
+        batch: &UpdateBatch,
+    ) -> Result<UpdateStats> {
+        let ids: Vec<TensorId> = policy.trainable_vars().iter().map(|v| v.id()).collect();
         if ids != self.var_ids {
             return Err(LearnerError::BadInput("policy is not the one this learner was built for".into()));
-        }
-        if batch.rows.is_empty() {
-            return Err(LearnerError::BadInput("empty update batch".into()));
-        }
-        for (i, r) in batch.rows.iter().enumerate() {
-            if r.action_tokens.len() != r.old_logps.len() {
-                return Err(LearnerError::BadInput(format!(
-                    "row {i}: {} tokens but {} old log-probs",
-                    r.action_tokens.len(),
-                    r.old_logps.len()
-                )));
-            }
         }
         if self.config.loss.kl.is_some() && reference.is_none() {
             return Err(LearnerError::BadInput("the loss has a KL term but no reference policy was given".into()));
         }
-        let mut sum = UpdateStats::default();
-        let mut order: Vec<usize> = (0..batch.rows.len()).collect();
+        let mut stats = UpdateStats::default();
+        let mut grad_norm_sum = 0.0;
+        let mut order: Vec<usize> = (0..batch.len()).collect();
         for _ in 0..self.config.ppo_epochs {
             order.shuffle(&mut self.rng);
+            let mut last_kl = 0.0;
             for chunk in order.chunks(self.config.minibatch_size) {
-                let rows: Vec<&UpdateRow> = chunk.iter().map(|&i| &batch.rows[i]).collect();
-                let (diag, loss, norm) = self.step(policy, reference, &rows)?;
-                sum.loss += loss;
-                sum.policy_loss += diag.policy_loss;
-                sum.clip_fraction += diag.clip_fraction;
-                sum.dual_clip_fraction += diag.dual_clip_fraction;
-                sum.approx_kl_old += diag.approx_kl_old;
-                sum.kl_ref += diag.kl_ref;
-                sum.entropy += diag.entropy;
-                sum.grad_norm += norm;
-                sum.minibatches += 1;
+                let step = self.step(policy, reference, batch, chunk)?;
+                let w = step.tokens as f64;
+                stats.loss += w * step.loss;
+                add_weighted(&mut stats.diagnostics, &step.diagnostics, w);
+                stats.tokens += step.tokens;
+                grad_norm_sum += step.grad_norm;
+                stats.minibatches += 1;
+                last_kl = step.diagnostics.approx_kl_old_k3;
+            }
+            stats.epochs += 1;
+            if self.config.target_kl.is_some_and(|t| last_kl > t) {
+                stats.early_stopped = stats.epochs < self.config.ppo_epochs;
+                break;
             }
         }
-        let n = sum.minibatches as f64;
-        Ok(UpdateStats {
-            loss: sum.loss / n,
-            policy_loss: sum.policy_loss / n,
-            clip_fraction: sum.clip_fraction / n,
-            dual_clip_fraction: sum.dual_clip_fraction / n,
-            approx_kl_old: sum.approx_kl_old / n,
-            kl_ref: sum.kl_ref / n,
-            entropy: sum.entropy / n,
-            grad_norm: sum.grad_norm / n,
-            minibatches: sum.minibatches,
-        })
+        let total = stats.tokens as f64;
+        stats.loss /= total;
+        let sum = stats.diagnostics;
+        stats.diagnostics = LossDiagnostics::default();
+        add_weighted(&mut stats.diagnostics, &sum, 1.0 / total);
+        stats.grad_norm = grad_norm_sum / stats.minibatches as f64;
+        Ok(stats)
     }
 
-    /// One mini-batch: loss, backward, clip, AdamW step.
-    fn step(
+    /// One mini-batch (the rows `chunk` of `batch`): loss, backward, clip,
+    /// AdamW step.
+    fn step<P: TrainablePolicy>(
         &mut self,
-        policy: &Policy,
-        reference: Option<&Policy>,
-        rows: &[&UpdateRow],
-    ) -> Result<(LossDiagnostics, f64, f64)> {
-        let n = rows.len();
-        let max_len = rows.iter().map(|r| r.action_tokens.len()).max().unwrap_or(0).max(1);
-        let obs: Vec<&str> = rows.iter().map(|r| r.observation.as_str()).collect();
-        let acts: Vec<&[u32]> = rows.iter().map(|r| r.action_tokens.as_slice()).collect();
-        let mut old = vec![0.0f32; n * max_len];
-        let mut adv = vec![0.0f32; n * max_len];
-        let mut mask = vec![0.0f32; n * max_len];
-        for (i, r) in rows.iter().enumerate() {
-            for j in 0..r.action_tokens.len() {
-                old[i * max_len + j] = r.old_logps[j];
-                adv[i * max_len + j] = r.advantage;
-                mask[i * max_len + j] = 1.0;
-            }
-        }
-        let (logp, entropy) = policy.token_logps(&obs, &acts, max_len)?;
+        policy: &P,
+        reference: Option<&P>,
+        batch: &UpdateBatch,
+        chunk: &[usize],
+    ) -> Result<StepResult> {
+        let shape = (chunk.len(), batch.max_len());
+        let rows = batch.rows();
+        let tokens = TokenBatch::new(
+            chunk.iter().map(|&i| (rows[i].observation.as_str(), rows[i].action_tokens.as_slice())),
+            Some(batch.max_len()),
+        )?;
+        let TokenScores { logp, entropy } = policy.score_tokens(&tokens, true).map_err(policy_error)?;
+        check_scores("logp", &logp, shape)?;
+        let entropy = entropy.ok_or_else(|| LearnerError::BadInput("the policy returned no entropy".into()))?;
+        check_scores("entropy", &entropy, shape)?;
         let reference_logp = match (self.config.loss.kl, reference) {
-            (Some(_), Some(r)) => Some(r.token_logps(&obs, &acts, max_len)?.0.detach()),
+            (Some(_), Some(r)) => {
+                let logp = r.score_tokens(&tokens, false).map_err(policy_error)?.logp.detach();
+                check_scores("reference logp", &logp, shape)?;
+                Some(logp)
+            }
             _ => None,
         };
         let device = logp.device().clone();
+        let mask = batch.mask().select(Axis(0), chunk);
+        let masked_tokens = mask.iter().filter(|&&m| m == 1.0).count();
+        let mask_t = tensor_of(&mask, &device)?;
+        let old_t = tensor_of(&batch.old_logps().select(Axis(0), chunk), &device)?;
+        let adv_t = tensor_of(&batch.advantages().select(Axis(0), chunk), &device)?;
         let loss_config = self.config.loss;
-        let (loss, diag) = if self.config.fused {
-            let host = |t: &Tensor| t.detach().flatten_all().and_then(|t| t.to_vec1::<f32>());
-            let ref_host = match (&reference_logp, device.is_cuda()) {
-                (Some(t), false) => host(t)?,
-                _ => Vec::new(),
-            };
-            let ent_host = if device.is_cuda() { Vec::new() } else { host(&entropy)? };
+        let (loss, diagnostics) = if self.config.fused {
             // The op treats its other inputs as constants, so the entropy
             // bonus (which must train the entropy) is added outside it.
             let op_config = LossConfig { entropy_coef: 0.0, ..loss_config };
-            let (mut loss, diag) = if device.is_cuda() {
-                fused_on_cuda(&logp, &entropy, reference_logp.as_ref(), (n, max_len), (&old, &adv, &mask), op_config)?
-            } else {
-                FusedGrpoLoss::new(
-                    LossBuffers {
-                        rows: n,
-                        max_len,
-                        logp: Vec::new(),
-                        logp_old: old,
-                        logp_ref: ref_host,
-                        advantages: adv,
-                        entropy: ent_host,
-                        mask: mask.clone(),
-                    },
-                    op_config,
-                )?
-                .apply(&logp)?
+            let constants = LossConstants {
+                logp_old: old_t,
+                logp_ref: reference_logp,
+                advantages: adv_t,
+                entropy: Some(entropy.detach()),
+                mask: mask_t.clone(),
             };
-            loss = loss.to_dtype(DType::F64)?;
+            let (loss, diagnostics) = FusedGrpoLoss::new(constants, op_config)?.apply(&logp)?;
+            let mut loss = loss.to_dtype(DType::F64)?;
             if loss_config.entropy_coef != 0.0 {
-                let mask_t = Tensor::from_vec(mask, (n, max_len), &device)?;
                 let ent = aggregate(&entropy, &mask_t, loss_config.aggregation)?;
                 loss = (loss - (ent * loss_config.entropy_coef)?)?;
             }
-            (loss, diag)
+            (loss, diagnostics)
         } else {
-            let t = |v: Vec<f32>| Tensor::from_vec(v, (n, max_len), &device);
-            let (old_t, adv_t, mask_t) = (t(old)?, t(adv)?, t(mask)?);
             let inputs = LossTensors {
                 logp: &logp,
                 logp_old: &old_t,
@@ -392,51 +562,11 @@ impl Learner {
         };
         let loss_value = loss.to_scalar::<f64>()?;
         let mut grads = loss.backward()?;
-        let norm = clip_grad_norm(&mut grads, &self.vars, self.config.max_grad_norm)?;
-        if !norm.is_finite() {
-            return Err(LearnerError::NonFiniteGradient(norm));
+        let grad_norm = clip_grad_norm(&mut grads, &self.vars, self.config.max_grad_norm)?;
+        if !grad_norm.is_finite() {
+            return Err(LearnerError::NonFiniteGradient(grad_norm));
         }
         self.optimizer.step(&grads)?;
-        Ok((diag, loss_value, norm))
+        Ok(StepResult { loss: loss_value, diagnostics, grad_norm, tokens: masked_tokens })
     }
-}
-
-/// The fused loss on a CUDA device: the NVRTC kernel (`g2po::cuda`) wrapped as
-/// a candle op, so logits, loss and gradient never leave the GPU.
-#[cfg(feature = "cuda")]
-fn fused_on_cuda(
-    logp: &Tensor,
-    entropy: &Tensor,
-    reference_logp: Option<&Tensor>,
-    shape: (usize, usize),
-    (old, adv, mask): (&[f32], &[f32], &[f32]),
-    config: LossConfig,
-) -> Result<(Tensor, LossDiagnostics)> {
-    let device = logp.device();
-    let t = |v: &[f32]| Tensor::from_slice(v, shape, device);
-    let op = crate::cuda::FusedGrpoLoss::new(
-        t(old)?,
-        reference_logp.cloned(),
-        t(adv)?,
-        Some(entropy.detach()),
-        t(mask)?,
-        config,
-    )
-    .map_err(|e| LearnerError::BadInput(e.to_string()))?;
-    let loss = logp.apply_op1(op.clone())?;
-    let diagnostics = op.diagnostics().unwrap_or_default();
-    Ok((loss, diagnostics))
-}
-
-/// Without the `cuda` feature no tensor can live on a CUDA device.
-#[cfg(not(feature = "cuda"))]
-fn fused_on_cuda(
-    _: &Tensor,
-    _: &Tensor,
-    _: Option<&Tensor>,
-    _: (usize, usize),
-    _: (&[f32], &[f32], &[f32]),
-    _: LossConfig,
-) -> Result<(Tensor, LossDiagnostics)> {
-    Err(LearnerError::BadInput("a CUDA tensor in a build without the `cuda` feature".into()))
 }

@@ -68,19 +68,6 @@ pub enum LmError {
 /// Shorthand for results of this module.
 pub type Result<T, E = LmError> = std::result::Result<T, E>;
 
-impl From<LmError> for LearnerError {
-    /// The learner speaks [`LearnerError`]; candle failures keep their type,
-    /// configuration errors stay configuration errors, and the rest become
-    /// bad input with the full message.
-    fn from(e: LmError) -> Self {
-        match e {
-            LmError::Candle(c) => LearnerError::Candle(c),
-            LmError::BadConfig(m) => LearnerError::BadConfig(m),
-            other => LearnerError::BadInput(other.to_string()),
-        }
-    }
-}
-
 impl From<LearnerError> for LmError {
     /// A learner error (the loss or the optimiser helpers rejected
     /// something), keeping candle failures and configuration errors typed.
@@ -88,6 +75,10 @@ impl From<LearnerError> for LmError {
         match e {
             LearnerError::Candle(c) => LmError::Candle(c),
             LearnerError::BadConfig(m) => LmError::BadConfig(m),
+            LearnerError::Policy(e) => match e.downcast::<LmError>() {
+                Ok(lm) => *lm,
+                Err(other) => LmError::Learner(other.to_string()),
+            },
             other => LmError::Learner(other.to_string()),
         }
     }

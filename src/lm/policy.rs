@@ -340,3 +340,32 @@ fn softmax(scored: &[ScoredAction], temperature: f64) -> Result<Vec<f64>> {
     let total: f64 = w.iter().sum();
     Ok(w.into_iter().map(|x| x / total).collect())
 }
+
+impl crate::learner::TrainablePolicy for SmolLmPolicy {
+    type Error = LmError;
+
+    /// The adapters' `A` and `B` in name order (`blk.<layer>.<proj>.lora_a/b`);
+    /// none for the reference.
+    fn trainable_vars(&self) -> Vec<candle_core::Var> {
+        let data = self.varmap().data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut named: Vec<(&String, &candle_core::Var)> = data.iter().collect();
+        named.sort_by(|a, b| a.0.cmp(b.0));
+        named.into_iter().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// One group step per distinct observation (prompt), its actions batched
+    /// on the prompt's cache ([`SmolLmPolicy::token_logps`]). Every group's
+    /// graph stays alive until the learner's backward, so the learner's
+    /// mini-batch bounds the memory; [`super::LmLearner`] runs one group at a
+    /// time instead.
+    fn score_tokens(
+        &self,
+        batch: &crate::learner::TokenBatch<'_>,
+        _with_entropy: bool,
+    ) -> Result<crate::learner::TokenScores> {
+        let prompts: Vec<&str> = batch.row_observation().iter().map(|&o| batch.observations()[o]).collect();
+        let actions: Vec<&[u32]> = (0..batch.rows()).map(|r| batch.action(r)).collect();
+        let (logp, entropy) = self.token_logps(&prompts, &actions, batch.max_len())?;
+        Ok(crate::learner::TokenScores { logp, entropy: Some(entropy) })
+    }
+}

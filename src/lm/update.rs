@@ -18,8 +18,9 @@
 //! modes). The diagnostics are combined with the same shares.
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, TensorId, Var};
+use candle_core::{DType, Device, Tensor, TensorId, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use ndarray::{Array2, Axis, s};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -27,16 +28,9 @@ use rand_chacha::ChaCha8Rng;
 use super::error::{LmError, Result};
 use super::policy::SmolLmPolicy;
 use crate::learner::{
-    LearnerConfig, LearnerError, LossAggregation, LossDiagnostics, LossTensors, UpdateBatch, UpdateRow, UpdateStats,
-    clip_grad_norm, grpo_loss_tensors,
+    LearnerConfig, LearnerError, LossAggregation, LossDiagnostics, LossTensors, TrainablePolicy, UpdateBatch,
+    UpdateStats, clip_grad_norm, grpo_loss_tensors,
 };
-
-fn sorted_vars(policy: &SmolLmPolicy) -> Vec<Var> {
-    let data = policy.varmap().data().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut named: Vec<(&String, &Var)> = data.iter().collect();
-    named.sort_by(|a, b| a.0.cmp(b.0));
-    named.into_iter().map(|(_, v)| v.clone()).collect()
-}
 
 /// The learner of a [`SmolLmPolicy`]: owns the optimiser state of its
 /// adapters (see the module docs).
@@ -54,6 +48,33 @@ impl std::fmt::Debug for LmLearner {
     }
 }
 
+/// `acc += w * d`, field by field.
+fn add_weighted(acc: &mut LossDiagnostics, d: &LossDiagnostics, token_w: f64, loss_w: f64) {
+    acc.policy_loss += loss_w * d.policy_loss;
+    acc.kl_ref += loss_w * d.kl_ref;
+    acc.entropy_loss += loss_w * d.entropy_loss;
+    acc.clip_fraction += token_w * d.clip_fraction;
+    acc.dual_clip_fraction += token_w * d.dual_clip_fraction;
+    acc.approx_kl_old += token_w * d.approx_kl_old;
+    acc.approx_kl_old_k3 += token_w * d.approx_kl_old_k3;
+    acc.entropy += token_w * d.entropy;
+}
+
+/// Rows `rows` and the first `width` columns of `a` as a tensor.
+fn block(a: &Array2<f32>, rows: &[usize], width: usize, device: &Device) -> Result<Tensor> {
+    let sel = a.select(Axis(0), rows);
+    let sel = sel.slice(s![.., ..width]);
+    Ok(Tensor::from_vec(sel.iter().copied().collect::<Vec<f32>>(), (rows.len(), width), device)?)
+}
+
+/// One mini-batch's outcome.
+struct Step {
+    loss: f64,
+    diagnostics: LossDiagnostics,
+    grad_norm: f64,
+    tokens: usize,
+}
+
 impl LmLearner {
     /// A learner for `policy`'s adapters.
     ///
@@ -61,7 +82,7 @@ impl LmLearner {
     /// reference).
     pub fn new(config: LearnerConfig, policy: &SmolLmPolicy) -> Result<Self> {
         config.validate()?;
-        let vars = sorted_vars(policy);
+        let vars = policy.trainable_vars();
         if vars.is_empty() {
             return Err(LmError::BadInput("the policy has no trainable parameters (is it the reference?)".into()));
         }
@@ -87,136 +108,113 @@ impl LmLearner {
         &self.config
     }
 
-    /// One update: `ppo_epochs` passes over `batch` in shuffled mini-batches,
-    /// one AdamW step per mini-batch after global-norm clipping; `reference`
-    /// is required when the loss has a KL term. Each row's `observation` is
-    /// the prompt its action was chosen after.
+    /// One update with [`crate::learner::Learner::update`]'s semantics: up to
+    /// `ppo_epochs` passes over `batch` in shuffled mini-batches, one AdamW
+    /// step per mini-batch after global-norm clipping, `target_kl` early
+    /// stopping, statistics weighted by tokens. `reference` is required when
+    /// the loss has a KL term. Each row's `observation` is the prompt its
+    /// action was chosen after.
     ///
-    /// Errors: a policy other than the learner's, an empty batch, rows whose
-    /// token and log-probability counts differ or that have no token, a
-    /// missing reference, invalid loss inputs, or a non-finite gradient norm
-    /// (the step is then not applied).
+    /// Errors: a policy other than the learner's, a missing reference,
+    /// invalid loss inputs, or a non-finite gradient norm (the step is then
+    /// not applied).
     pub fn update(
         &mut self,
         policy: &SmolLmPolicy,
         reference: Option<&SmolLmPolicy>,
         batch: &UpdateBatch,
     ) -> Result<UpdateStats> {
-        let ids: Vec<TensorId> = sorted_vars(policy).iter().map(|v| v.id()).collect();
+        let ids: Vec<TensorId> = policy.trainable_vars().iter().map(|v| v.id()).collect();
         if ids != self.var_ids {
             return Err(LmError::BadInput("policy is not the one this learner was built for".into()));
-        }
-        if batch.rows.is_empty() {
-            return Err(LmError::BadInput("empty update batch".into()));
-        }
-        for (i, r) in batch.rows.iter().enumerate() {
-            if r.action_tokens.is_empty() || r.action_tokens.len() != r.old_logps.len() {
-                return Err(LmError::BadInput(format!(
-                    "row {i}: {} tokens and {} old log-probs (need equal, at least 1)",
-                    r.action_tokens.len(),
-                    r.old_logps.len()
-                )));
-            }
         }
         if self.config.loss.kl.is_some() && reference.is_none() {
             return Err(LmError::BadInput("the loss has a KL term but no reference policy was given".into()));
         }
-        let mut sum = UpdateStats::default();
-        let mut order: Vec<usize> = (0..batch.rows.len()).collect();
+        let mut stats = UpdateStats::default();
+        let mut sum = LossDiagnostics::default();
+        let mut grad_norm_sum = 0.0;
+        let mut order: Vec<usize> = (0..batch.len()).collect();
         for _ in 0..self.config.ppo_epochs {
             order.shuffle(&mut self.rng);
+            let mut last_kl = 0.0;
             for chunk in order.chunks(self.config.minibatch_size) {
-                let rows: Vec<&UpdateRow> = chunk.iter().map(|&i| &batch.rows[i]).collect();
-                let (diag, loss, norm) = self.step(policy, reference, &rows)?;
-                sum.loss += loss;
-                sum.policy_loss += diag.policy_loss;
-                sum.clip_fraction += diag.clip_fraction;
-                sum.dual_clip_fraction += diag.dual_clip_fraction;
-                sum.approx_kl_old += diag.approx_kl_old;
-                sum.kl_ref += diag.kl_ref;
-                sum.entropy += diag.entropy;
-                sum.grad_norm += norm;
-                sum.minibatches += 1;
+                let step = self.step(policy, reference, batch, chunk)?;
+                let w = step.tokens as f64;
+                stats.loss += w * step.loss;
+                add_weighted(&mut sum, &step.diagnostics, w, w);
+                stats.tokens += step.tokens;
+                grad_norm_sum += step.grad_norm;
+                stats.minibatches += 1;
+                last_kl = step.diagnostics.approx_kl_old_k3;
+            }
+            stats.epochs += 1;
+            if self.config.target_kl.is_some_and(|t| last_kl > t) {
+                stats.early_stopped = stats.epochs < self.config.ppo_epochs;
+                break;
             }
         }
-        let n = sum.minibatches as f64;
-        Ok(UpdateStats {
-            loss: sum.loss / n,
-            policy_loss: sum.policy_loss / n,
-            clip_fraction: sum.clip_fraction / n,
-            dual_clip_fraction: sum.dual_clip_fraction / n,
-            approx_kl_old: sum.approx_kl_old / n,
-            kl_ref: sum.kl_ref / n,
-            entropy: sum.entropy / n,
-            grad_norm: sum.grad_norm / n,
-            minibatches: sum.minibatches,
-        })
+        let total = stats.tokens as f64;
+        stats.loss /= total;
+        add_weighted(&mut stats.diagnostics, &sum, 1.0 / total, 1.0 / total);
+        stats.grad_norm = grad_norm_sum / stats.minibatches as f64;
+        Ok(stats)
     }
 
-    /// One mini-batch: group steps with accumulated gradients, clip, AdamW.
+    /// One mini-batch (rows `chunk` of `batch`): one group step per prompt
+    /// with accumulated gradients, clip, AdamW.
     fn step(
         &mut self,
         policy: &SmolLmPolicy,
         reference: Option<&SmolLmPolicy>,
-        rows: &[&UpdateRow],
-    ) -> Result<(LossDiagnostics, f64, f64)> {
-        let mut groups: Vec<(&str, Vec<&UpdateRow>)> = Vec::new();
-        for r in rows {
-            match groups.iter_mut().find(|(p, _)| *p == r.observation) {
-                Some((_, members)) => members.push(r),
-                None => groups.push((&r.observation, vec![r])),
+        batch: &UpdateBatch,
+        chunk: &[usize],
+    ) -> Result<Step> {
+        let rows = batch.rows();
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for &i in chunk {
+            let p = rows[i].observation.as_str();
+            match groups.iter_mut().find(|(q, _)| *q == p) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((p, vec![i])),
             }
         }
-        let total_tokens: usize = rows.iter().map(|r| r.action_tokens.len()).sum();
-        let total_rows = rows.len();
+        let mask = batch.mask();
+        let count = |idx: &[usize]| idx.iter().map(|&i| mask.row(i).iter().filter(|&&m| m == 1.0).count()).sum();
+        let total_tokens: usize = count(chunk);
         let loss_config = self.config.loss;
-        let mut diag = LossDiagnostics::default();
+        let mut diagnostics = LossDiagnostics::default();
         let mut loss_value = 0.0;
         let mut acc: Option<GradStore> = None;
         for (prompt, members) in &groups {
-            let tokens: usize = members.iter().map(|r| r.action_tokens.len()).sum();
-            let token_share = tokens as f64 / total_tokens as f64;
+            let token_share = count(members) as f64 / total_tokens as f64;
             let loss_share = match loss_config.aggregation {
                 LossAggregation::TokenMean => token_share,
-                _ => members.len() as f64 / total_rows as f64,
+                _ => members.len() as f64 / chunk.len() as f64,
             };
-            let acts: Vec<&[u32]> = members.iter().map(|r| r.action_tokens.as_slice()).collect();
+            let acts: Vec<&[u32]> = members.iter().map(|&i| rows[i].action_tokens.as_slice()).collect();
             let out = policy.group_logps(prompt, &acts)?;
-            let (n, max_len) = out.logp.dims2()?;
+            let width = out.logp.dim(1)?;
             let device = out.logp.device().clone();
-            let mut old = vec![0f32; n * max_len];
-            let mut adv = vec![0f32; n * max_len];
-            let mut mask = vec![0f32; n * max_len];
-            for (i, r) in members.iter().enumerate() {
-                for j in 0..r.action_tokens.len() {
-                    old[i * max_len + j] = r.old_logps[j];
-                    adv[i * max_len + j] = r.advantage;
-                    mask[i * max_len + j] = 1.0;
-                }
-            }
-            let t = |v: Vec<f32>| Tensor::from_vec(v, (n, max_len), &device);
-            let (old, adv, mask) = (t(old)?, t(adv)?, t(mask)?);
+            let mask_t = block(mask, members, width, &device)?;
+            let old_t = block(batch.old_logps(), members, width, &device)?;
+            let adv_t = block(batch.advantages(), members, width, &device)?;
             let reference_logp = match (loss_config.kl, reference) {
                 (Some(_), Some(r)) => Some(r.fast_logps(prompt, &acts)?),
                 _ => None,
             };
             let inputs = LossTensors {
                 logp: &out.logp,
-                logp_old: &old,
+                logp_old: &old_t,
                 logp_ref: reference_logp.as_ref(),
-                advantages: &adv,
+                advantages: &adv_t,
                 entropy: out.entropy.as_ref(),
-                mask: &mask,
+                mask: &mask_t,
             };
             let (loss, d) = grpo_loss_tensors(&inputs, &loss_config)?;
             let loss = (loss * loss_share)?;
             loss_value += loss.to_scalar::<f64>()?;
-            diag.policy_loss += d.policy_loss * loss_share;
-            diag.kl_ref += d.kl_ref * loss_share;
-            diag.clip_fraction += d.clip_fraction * token_share;
-            diag.dual_clip_fraction += d.dual_clip_fraction * token_share;
-            diag.approx_kl_old += d.approx_kl_old * token_share;
-            diag.entropy += d.entropy * token_share;
+            add_weighted(&mut diagnostics, &d, token_share, loss_share);
             let grads = loss.backward()?;
             acc = Some(match acc {
                 None => grads,
@@ -235,12 +233,12 @@ impl LmLearner {
             });
         }
         let mut grads = acc.ok_or_else(|| LmError::BadInput("empty mini-batch".into()))?;
-        let norm = clip_grad_norm(&mut grads, &self.vars, self.config.max_grad_norm)?;
-        if !norm.is_finite() {
-            return Err(LmError::from(LearnerError::NonFiniteGradient(norm)));
+        let grad_norm = clip_grad_norm(&mut grads, &self.vars, self.config.max_grad_norm)?;
+        if !grad_norm.is_finite() {
+            return Err(LmError::from(LearnerError::NonFiniteGradient(grad_norm)));
         }
         self.optimizer.step(&grads)?;
-        Ok((diag, loss_value, norm))
+        Ok(Step { loss: loss_value, diagnostics, grad_norm, tokens: total_tokens })
     }
 }
 

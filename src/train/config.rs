@@ -6,7 +6,7 @@ use g2po_envs::{EnvError, EnvKind};
 use crate::EstimatorKind;
 use crate::curriculum::{Curriculum, CurriculumError};
 use crate::learner::{LearnerConfig, LearnerError};
-use crate::policy::PolicyConfig;
+use crate::policy::{PolicyConfig, PolicyError};
 
 /// Everything that can go wrong while training.
 ///
@@ -23,9 +23,12 @@ pub enum TrainError {
     /// The advantage engine rejected the batch or its configuration.
     #[error(transparent)]
     Engine(#[from] crate::Error),
-    /// The policy or learner failed.
+    /// The learner failed.
     #[error(transparent)]
     Learner(#[from] LearnerError),
+    /// The policy failed (acting, scoring, construction).
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     /// An environment or the tabular solver failed.
     #[error(transparent)]
     Env(#[from] EnvError),

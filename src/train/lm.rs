@@ -183,19 +183,17 @@ impl LmTrainer {
         };
         let batch = set.batch(cfg.anchor_from_key)?;
         let adv = self.estimator.estimate(&batch)?;
-        let update = UpdateBatch {
-            rows: set
-                .rows()
-                .zip(prompts)
-                .zip(&adv.advantage)
-                .map(|((r, prompt), &a)| UpdateRow {
-                    observation: prompt,
-                    action_tokens: r.tokens.clone(),
-                    old_logps: r.logps.clone(),
-                    advantage: a,
-                })
-                .collect(),
-        };
+        let tokens = crate::broadcast::padded(&adv, &batch, None)?;
+        let rows = set
+            .rows()
+            .zip(prompts)
+            .map(|(r, prompt)| UpdateRow {
+                observation: prompt,
+                action_tokens: r.tokens.clone(),
+                old_logps: r.logps.clone(),
+            })
+            .collect();
+        let update = UpdateBatch::new(rows, tokens)?;
         let stats = self.learner.update(&self.policy, self.reference.as_ref(), &update)?;
         let cfg = &self.cfg;
         let eval_success =

@@ -199,18 +199,18 @@ impl Trainer {
             }
             _ => None,
         };
-        let update = UpdateBatch {
-            rows: set
-                .rows()
-                .zip(&adv.advantage)
-                .map(|(r, &a)| UpdateRow {
-                    observation: r.observation.clone(),
-                    action_tokens: r.tokens.clone(),
-                    old_logps: r.logps.clone(),
-                    advantage: a,
-                })
-                .collect(),
-        };
+        // The engine's padded token layout: each row's advantage on its
+        // action tokens, with the response mask.
+        let tokens = crate::broadcast::padded(&adv, &batch, None)?;
+        let rows = set
+            .rows()
+            .map(|r| UpdateRow {
+                observation: r.observation.clone(),
+                action_tokens: r.tokens.clone(),
+                old_logps: r.logps.clone(),
+            })
+            .collect();
+        let update = UpdateBatch::new(rows, tokens)?;
         let stats = self.learner.update(&self.policy, self.reference.as_ref(), &update)?;
         let eval_success =
             if cfg.eval_tasks > 0 && (iteration.is_multiple_of(cfg.eval_every) || iteration == cfg.iterations) {

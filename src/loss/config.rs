@@ -1,5 +1,5 @@
 //! Options of the GRPO policy loss (SPEC section 4) and the plain-slice types
-//! shared by the CPU fused loss and the CUDA kernel.
+//! shared by the CPU reference, the candle op and the CUDA kernel.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,23 +17,52 @@ pub enum KlEstimator {
 }
 
 /// How per-token losses are reduced to one number (verl's `loss_agg_mode`).
+///
+/// Every mode is a linear reduction `sum_ij w_ij * x_ij` over the masked
+/// tokens with weights that depend only on the mask
+/// ([`crate::loss::aggregation_weights`]).
+///
+/// ```
+/// use g2po::loss::LossAggregation;
+/// // The fixed length of seq-mean-token-sum-norm defaults to the padded width.
+/// assert_eq!(LossAggregation::SeqMeanTokenSumNorm { length: None }.sum_norm_length(512), Some(512.0));
+/// assert_eq!(LossAggregation::SeqMeanTokenSumNorm { length: Some(4.0) }.sum_norm_length(512), Some(4.0));
+/// assert_eq!(LossAggregation::TokenMean.sum_norm_length(512), None);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LossAggregation {
     /// Sum over all masked tokens of the mini-batch divided by their count.
     TokenMean,
     /// Per sequence the sum over its tokens, then the mean over sequences.
-    /// (In every seq-mean mode, rows without any masked token are left out of
+    /// (In both seq-mean modes, rows without any masked token are left out of
     /// the mean over sequences, as in current verl.)
     SeqMeanTokenSum,
     /// Per sequence the mean over its tokens, then the mean over sequences.
     SeqMeanTokenMean,
-    /// Per sequence the sum over its tokens divided by a fixed length, then the
-    /// mean over sequences.
+    /// Dr. GRPO's constant normaliser (verl): the sum over sequences of their
+    /// token sums, divided by a fixed length. There is no mean over
+    /// sequences: the loss scales with the number of rows.
     SeqMeanTokenSumNorm {
-        /// The fixed normaliser (verl uses the maximum response length).
-        length: f64,
+        /// The fixed normaliser (newer verl's `loss_scale_factor`); `None`
+        /// means the padded response length of the inputs (`max_len`), as
+        /// verl does without `loss_scale_factor`. Give a constant (e.g. the
+        /// configured maximum response length) to keep the scale fixed when
+        /// the padded width varies between mini-batches.
+        #[serde(default)]
+        length: Option<f64>,
     },
+}
+
+impl LossAggregation {
+    /// The divisor of [`LossAggregation::SeqMeanTokenSumNorm`] for inputs
+    /// padded to `max_len` (`None` for the other modes).
+    pub fn sum_norm_length(&self, max_len: usize) -> Option<f64> {
+        match *self {
+            Self::SeqMeanTokenSumNorm { length } => Some(length.unwrap_or(max_len as f64)),
+            _ => None,
+        }
+    }
 }
 
 /// All options of the clipped GRPO surrogate with KL and entropy terms.
@@ -96,7 +125,7 @@ pub struct LossInputs<'a> {
 /// themselves.
 ///
 /// ```
-/// use g2po::learner::LossBuffers;
+/// use g2po::loss::LossBuffers;
 /// let b = LossBuffers { rows: 1, max_len: 2, logp: vec![-1.0; 2], logp_old: vec![-1.0; 2],
 ///     advantages: vec![1.0; 2], mask: vec![1.0, 0.0], ..Default::default() };
 /// assert_eq!(b.view().mask, &[1.0, 0.0]);
@@ -125,7 +154,7 @@ impl LossBuffers {
     /// The borrowed view the loss functions take.
     ///
     /// ```
-    /// let b = g2po::learner::LossBuffers::default();
+    /// let b = g2po::loss::LossBuffers::default();
     /// assert_eq!(b.view().rows, 0);
     /// ```
     pub fn view(&self) -> LossInputs<'_> {
@@ -142,26 +171,48 @@ impl LossBuffers {
     }
 }
 
-/// Diagnostics of one loss evaluation, all over masked tokens.
+/// Diagnostics of one loss evaluation, all over masked tokens. The verl
+/// names are in parentheses.
+///
+/// ```
+/// use g2po::loss::{LossConfig, LossInputs, grpo_loss_cpu};
+/// // One token whose ratio rose from 1 to e^0.1 with advantage 1.
+/// let inputs = LossInputs { rows: 1, max_len: 1, logp: &[-0.9], logp_old: &[-1.0], logp_ref: &[],
+///     advantages: &[1.0], entropy: &[], mask: &[1.0] };
+/// let d = grpo_loss_cpu(&inputs, &LossConfig::default())?.diagnostics;
+/// assert!((d.approx_kl_old + 0.1).abs() < 1e-6); // k1 is negative here...
+/// let k3 = (0.1f64.exp() - 1.0) - 0.1;
+/// assert!((d.approx_kl_old_k3 - k3).abs() < 1e-6); // ...k3 never is
+/// # Ok::<(), g2po::loss::LossError>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LossDiagnostics {
-    /// The policy-gradient part of the loss (aggregated).
+    /// The policy-gradient part of the loss, aggregated (`pg_loss`).
     pub policy_loss: f64,
     /// Fraction of masked tokens whose clipped term was the active one
-    /// (strictly larger than the unclipped one; verl's `pg_clipfrac`).
+    /// (strictly larger than the unclipped one; `pg_clipfrac`).
     pub clip_fraction: f64,
     /// Fraction of masked tokens that have a negative advantage and where the
-    /// dual-clip bound was active (verl's `pg_clipfrac_lower`; the denominator
-    /// is all masked tokens, not only the negative-advantage ones).
+    /// dual-clip bound was active (`pg_clipfrac_lower`; the denominator is
+    /// all masked tokens, not only the negative-advantage ones).
     pub dual_clip_fraction: f64,
-    /// Approximate KL to the sampling policy: mean over masked tokens of
-    /// `logp_old - logp` (the log-ratio after its [-20, 20] clamp).
+    /// Approximate KL to the sampling policy, k1: mean over masked tokens of
+    /// `logp_old - logp` (`ppo_kl`). Unbiased but noisy, and can be negative.
     pub approx_kl_old: f64,
-    /// KL to the reference policy with the configured estimator (aggregated);
-    /// 0 when no KL is configured.
+    /// Approximate KL to the sampling policy, k3: mean over masked tokens of
+    /// `(rho - 1) - log rho` with `rho = exp(logp - logp_old)` (CleanRL's
+    /// `approx_kl`). Never negative; what `target_kl` early stopping reads.
+    #[serde(default)]
+    pub approx_kl_old_k3: f64,
+    /// KL to the reference policy with the configured estimator, aggregated
+    /// like the loss (`kl_loss`); 0 when no KL is configured.
     pub kl_ref: f64,
     /// Mean entropy over masked tokens (0 when no entropy was given).
     pub entropy: f64,
+    /// The entropy aggregated like the loss, the term the entropy bonus
+    /// multiplies (`entropy_loss`; equal to `entropy` under token-mean).
+    #[serde(default)]
+    pub entropy_loss: f64,
 }
 
 /// Result of the fused loss: the scalar, its gradient with respect to `logp`
