@@ -135,10 +135,9 @@ fn verl_passk(t: &Tokens, eps: f64, norm_by_std: bool) -> Vec<Vec<f64>> {
 fn assert_tokens_match(kind: EstimatorKind, norm: Normalization, batch: &RolloutBatch, want: &[Vec<f64>]) {
     let adv = Estimator::new(EstimatorConfig { norm, ..EstimatorConfig::new(kind) }).unwrap().estimate(batch).unwrap();
     let padded = g2po::broadcast::padded(&adv, batch, None).unwrap();
-    let width = padded.max_len;
     for (r, row) in want.iter().enumerate() {
         for (j, &w) in row.iter().enumerate() {
-            let got = padded.values[r * width + j] as f64;
+            let got = padded.values[[r, j]] as f64;
             assert!((got - w).abs() < 1e-4, "{kind} {norm:?} row {r} token {j}: engine {got}, verl {w}");
         }
     }

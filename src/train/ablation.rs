@@ -476,6 +476,11 @@ fn colour(e: EstimatorKind) -> plotters::style::RGBColor {
         EstimatorKind::Grpo => plotters::style::RGBColor(214, 39, 40),
         EstimatorKind::Gigpo => plotters::style::RGBColor(31, 119, 180),
         EstimatorKind::G2po => plotters::style::RGBColor(44, 160, 44),
+        EstimatorKind::G2poTree => plotters::style::RGBColor(148, 103, 189),
+        EstimatorKind::G2poBellman => plotters::style::RGBColor(140, 86, 75),
+        EstimatorKind::Rloo => plotters::style::RGBColor(227, 119, 194),
+        EstimatorKind::ReinforcePlusPlusBaseline => plotters::style::RGBColor(127, 127, 127),
+        EstimatorKind::GrpoPassk => plotters::style::RGBColor(188, 189, 34),
     }
 }
 
