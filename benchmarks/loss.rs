@@ -1,6 +1,7 @@
-//! Fused GRPO loss (forward + backward): the CPU fused pass against the same loss written as
-//! separate candle ops with autograd, at 1M tokens (16M with `G2PO_BENCH_16M=1`, too slow for
-//! CI), plus the CUDA kernel under the `cuda` feature (skipped without a GPU).
+//! Fused GRPO loss (forward + backward): the CPU fused pass, the fused candle op the learner
+//! applies (with candle's backward), and the same loss written as separate candle ops with
+//! autograd, at 1M tokens (16M with `G2PO_BENCH_16M=1`, too slow for CI), plus the CUDA kernel
+//! under the `cuda` feature (skipped without a GPU).
 //!
 //! Run: `cargo bench --bench loss` (add `--features cuda` for the GPU rows).
 
@@ -8,67 +9,28 @@ use std::hint::black_box;
 
 use candle_core::{Device, Tensor, Var};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use g2po::loss::{KlEstimator, LossBuffers, LossConfig};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use g2po::loss::{LossBuffers, LossConfig};
+
+#[path = "common/grpo_loss.rs"]
+mod grpo_loss;
+use grpo_loss::loss_candle_ops;
+
+#[cfg(feature = "cuda")]
+#[path = "../tests/support/gpu.rs"]
+mod gpu_support;
 
 /// Random inputs of the benchmarked size.
 struct Batch(LossBuffers);
 
 impl Batch {
     fn new(rows: usize, max_len: usize) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(42);
-        let n = rows * max_len;
-        let logp: Vec<f32> = (0..n).map(|_| rng.random_range(-5.0..-0.01)).collect();
-        let logp_old = logp.iter().map(|l| l - rng.random_range(-0.3f32..0.3)).collect();
-        let logp_ref = logp.iter().map(|l| l - rng.random_range(-0.5f32..0.5)).collect();
-        let adv = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-        let mut mask = vec![0.0f32; n];
-        for r in 0..rows {
-            let len = rng.random_range(max_len / 4..=max_len);
-            mask[r * max_len..r * max_len + len].fill(1.0);
-        }
-        Self(LossBuffers { rows, max_len, logp, logp_old, logp_ref, advantages: adv, entropy: Vec::new(), mask })
+        Self(grpo_loss::random_buffers(rows, max_len))
     }
 }
 
 /// The benchmarked configuration: default clipping with dual clip, k3 KL, token-mean.
 fn config() -> LossConfig {
-    LossConfig { kl: Some((KlEstimator::K3, 0.01)), ..LossConfig::default() }
-}
-
-/// The same loss as separate candle ops; autograd gives the gradient (what an unfused
-/// learner does). Returns (loss, d loss / d logp).
-fn loss_candle_ops(
-    logp: &Var,
-    old: &Tensor,
-    rf: &Tensor,
-    adv: &Tensor,
-    mask: &Tensor,
-    c: &LossConfig,
-) -> candle_core::Result<(Tensor, Tensor)> {
-    let lp = logp.as_tensor();
-    let rho = (lp - old)?.clamp(-20f32, 20f32)?.exp()?;
-    let neg_adv = adv.neg()?;
-    let pg1 = (&neg_adv * &rho)?;
-    let rho_c = rho.clamp((1.0 - c.clip_low) as f32, (1.0 + c.clip_high) as f32)?;
-    let pg2 = (&neg_adv * rho_c)?;
-    let mut pg = pg1.maximum(&pg2)?;
-    if let Some(dc) = c.dual_clip {
-        let pg3 = neg_adv.affine(dc, 0.0)?;
-        let dual = pg.minimum(&pg3)?;
-        pg = adv.lt(0f32)?.where_cond(&dual, &pg)?;
-    }
-    let mut tok = pg;
-    if let Some((_, beta)) = c.kl {
-        let q = (rf - lp)?.clamp(-20f32, 20f32)?;
-        let k3 = ((q.exp()? - &q)? - 1.0)?.clamp(-10f32, 10f32)?;
-        tok = (tok + k3.affine(beta, 0.0)?)?;
-    }
-    let loss = ((tok * mask)?.sum_all()? / f64::from(mask.sum_all()?.to_scalar::<f32>()?))?;
-    let grads = loss.backward()?;
-    let grad = grads.get(lp).cloned().unwrap_or(lp.zeros_like()?);
-    Ok((loss, grad))
+    grpo_loss::bench_config()
 }
 
 fn bench_size(c: &mut Criterion, rows: usize, max_len: usize) {
@@ -85,6 +47,14 @@ fn bench_size(c: &mut Criterion, rows: usize, max_len: usize) {
     let dev = Device::Cpu;
     let t = |v: &[f32]| Tensor::from_slice(v, (rows, max_len), &dev).expect("tensor");
     let logp = Var::from_tensor(&t(&batch.0.logp)).expect("var");
+    // What the learner runs: the fused op (cpu_fwd) and its backward through candle.
+    let op = g2po::learner::FusedGrpoLoss::from_buffers(batch.0.clone(), cfg).expect("op");
+    group.bench_function("cpu_fused_op_with_backward", |b| {
+        b.iter(|| {
+            let (loss, _) = op.apply(logp.as_tensor()).expect("op");
+            black_box(loss.backward().expect("backward"))
+        })
+    });
     let (old, rf, adv, mask) = (t(&batch.0.logp_old), t(&batch.0.logp_ref), t(&batch.0.advantages), t(&batch.0.mask));
     group.bench_function("cpu_candle_ops", |b| {
         b.iter(|| black_box(loss_candle_ops(&logp, &old, &rf, &adv, &mask, &cfg).expect("candle loss")))
@@ -101,20 +71,14 @@ fn gpu_rows(
     batch: &Batch,
     cfg: &LossConfig,
 ) {
-    let gpu = match g2po::cuda::GpuContext::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("GPU benchmarks skipped: {e}");
-            return;
-        }
-    };
+    let Some(gpu) = gpu_support::gpu_or_skip() else { return };
     // Host slices in, host vectors out: includes the PCIe copies.
     group.bench_function("gpu_fused_with_copies", |b| {
         b.iter(|| black_box(gpu.grpo_loss(&batch.0.view(), cfg).expect("gpu loss")))
     });
     // Device-resident tensors through the learner's fused op (its cuda_fwd): the kernel plus a
     // scalar read-back.
-    let Ok(dev) = Device::new_cuda(0) else { return };
+    let Some(dev) = gpu_support::candle_cuda_or_skip() else { return };
     let t = |v: &[f32]| Tensor::from_slice(v, (batch.0.rows, batch.0.max_len), &dev).expect("tensor");
     let logp = t(&batch.0.logp);
     let op = g2po::learner::FusedGrpoLoss::new(

@@ -4,28 +4,24 @@
 //!
 //! Run: `cargo bench --features nvrtc --bench stages` (`G2PO_BENCH_10M=1` adds
 //! the 10M-row size). GPU rows need a GPU and libnvrtc; without them they are
-//! skipped with a message. The CPU engine row always runs. The GPU is timed
+//! skipped with a message (a failure with `G2PO_REQUIRE_GPU=1`). The CPU engine row always runs. The GPU is timed
 //! end to end from host arrays (upload, kernels, download), which is what a
 //! CPU trainer would pay; the host-side node ids come from the CPU engine and
 //! are not part of the GPU time.
 
 use criterion::{Criterion, Throughput};
-use g2po::cuda::{GpuContext, StageHost};
+use g2po::cuda::StageHost;
 use g2po::{AdvantageEstimator, Estimator, EstimatorConfig, EstimatorKind};
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "../tests/support/gpu.rs"]
+mod gpu_support;
 
 fn main() {
     let mut criterion = Criterion::default().without_plots().sample_size(10).configure_from_args();
     let keyer = g2po::keys::StateKeyer::new();
-    let gpu = match GpuContext::new(0) {
-        Ok(gpu) => Some(gpu),
-        Err(e) => {
-            println!("SKIPPED GPU rows: {e}");
-            None
-        }
-    };
+    let gpu = gpu_support::gpu_or_skip();
     let mut sizes = vec![2_560];
     if std::env::var("G2PO_BENCH_10M").is_ok_and(|v| v == "1") {
         sizes.push(25_600);

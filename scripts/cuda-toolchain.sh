@@ -3,8 +3,11 @@
 # system CUDA), generates a link-time stub libcuda, and prints the environment a build needs.
 #
 # Usage:
-#   scripts/cuda-toolchain.sh [--nvrtc-only] [--prefix DIR]      (default DIR: ./.cuda)
+#   scripts/cuda-toolchain.sh [--nvrtc-only | --compile-only] [--prefix DIR]   (default DIR: ./.cuda)
 #   eval "$(scripts/cuda-toolchain.sh)"                        full toolchain for `--features cuda`
+#   eval "$(scripts/cuda-toolchain.sh --compile-only)"         nvcc + headers only: enough for
+#                                                              `cargo check/clippy --features cuda`
+#                                                              (no linking, so no cuBLAS/cuRAND/NVRTC)
 #   eval "$(scripts/cuda-toolchain.sh --nvrtc-only)"           NVRTC only, for `--features nvrtc` tests
 #
 # Progress goes to stderr; stdout carries only `export` lines so that `eval` works.
@@ -31,8 +34,9 @@ prefix=./.cuda
 while [ $# -gt 0 ]; do
   case "$1" in
     --nvrtc-only) mode=nvrtc ;;
+    --compile-only) mode=compile ;;
     --prefix) prefix="$2"; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -44,33 +48,37 @@ site="$prefix/site-packages"
 cu="$site/nvidia/cu13"
 stub="$prefix/stubs"
 
-pkgs=("nvidia-cuda-nvrtc==$NVRTC_VER")
-if [ "$mode" = full ]; then
-  pkgs+=(
-    "nvidia-cuda-nvcc==$NVCC_VER"
-    "nvidia-cuda-runtime==$RUNTIME_VER"
-    "nvidia-cuda-cccl==$CCCL_VER"
-    "nvidia-cuda-crt==$CRT_VER"
-    "nvidia-nvvm==$NVVM_VER"
-    "nvidia-cublas==$CUBLAS_VER"
-    "nvidia-curand==$CURAND_VER"
-  )
-fi
+# What nvcc needs to compile candle's kernels (and what a type-check of the `cuda` feature needs).
+compiler=(
+  "nvidia-cuda-nvcc==$NVCC_VER"
+  "nvidia-cuda-runtime==$RUNTIME_VER"
+  "nvidia-cuda-cccl==$CCCL_VER"
+  "nvidia-cuda-crt==$CRT_VER"
+  "nvidia-nvvm==$NVVM_VER"
+)
+full=("nvidia-cuda-nvrtc==$NVRTC_VER" "${compiler[@]}" "nvidia-cublas==$CUBLAS_VER" "nvidia-curand==$CURAND_VER")
+case "$mode" in
+  nvrtc) pkgs=("nvidia-cuda-nvrtc==$NVRTC_VER") ;;
+  compile) pkgs=("${compiler[@]}") ;;
+  full) pkgs=("${full[@]}") ;;
+esac
 
 # --no-deps: every component is pinned above; letting pip resolve dependencies could pull a
 # second, different 13.x version of a component into the same nvidia/cu13 tree.
 stamp="$prefix/.installed-$mode"
 want="${pkgs[*]}"
-# pip --target --upgrade replaces the whole shared nvidia/ directory, so installing the NVRTC
-# wheel alone into a prefix that holds the full set would delete the rest: a full install
-# already satisfies --nvrtc-only.
+# pip --target --upgrade replaces the whole shared nvidia/ directory, so installing a subset
+# into a prefix that holds the full set would delete the rest: a full install already satisfies
+# --nvrtc-only and --compile-only.
 full_stamp="$prefix/.installed-full"
-if [ "$mode" = nvrtc ] && [ -f "$full_stamp" ] && grep -q "nvidia-cuda-nvrtc==$NVRTC_VER" "$full_stamp"; then
-  echo "cuda-toolchain: NVRTC already present from the full install in $site" >&2
+if [ "$mode" != full ] && [ -f "$full_stamp" ] && [ "$(cat "$full_stamp")" = "${full[*]}" ]; then
+  echo "cuda-toolchain: the full install in $site already has what --$mode-only needs" >&2
 elif [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "cuda-toolchain: installing ${pkgs[*]} into $site" >&2
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
     --target "$site" "${pkgs[@]}" >&2
+  # The install replaced nvidia/ as a whole: whatever another mode installed there is gone.
+  rm -f "$prefix"/.installed-*
   echo "$want" > "$stamp"
 else
   echo "cuda-toolchain: already installed ($mode) in $site" >&2
@@ -83,7 +91,7 @@ for lib in "$cu"/lib/lib*.so.*; do
   [ -e "$cu/lib/$plain" ] || ln -s "$base" "$cu/lib/$plain"
 done
 
-if [ "$mode" = full ]; then
+if [ "$mode" != nvrtc ]; then
   chmod +x "$cu"/bin/* "$cu"/nvvm/bin/* 2>/dev/null || true
   if [ ! -f "$stub/libcuda.so" ] || [ "$cu/include/cuda.h" -nt "$stub/libcuda.so" ]; then
     mkdir -p "$stub"

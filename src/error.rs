@@ -141,6 +141,18 @@ pub enum Error {
         /// Field name.
         field: &'static str,
     },
+    /// A pre-factorised (dense) id beyond the labels given for it.
+    #[error("row {row}: {field} index {id} is out of range (only {count} labels were given)")]
+    IdOutOfRange {
+        /// Row index in input order.
+        row: usize,
+        /// `group` or `traj`.
+        field: &'static str,
+        /// The offending dense index.
+        id: u32,
+        /// Number of labels.
+        count: usize,
+    },
     /// A group id that the batch does not contain.
     #[error("unknown group {0:?}")]
     UnknownGroup(String),

@@ -415,9 +415,13 @@ impl Policy {
     /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     /// let acts = vec!["north".to_string(), "south".to_string()];
     /// let a = p.act("a hall", &acts, 1.0, &mut rng).unwrap();
-    /// assert!(a.index < 2);
     /// assert_eq!(a.tokens, p.tokenize_action(&acts[a.index]));
-    /// assert_eq!(a.logps.len(), a.tokens.len());
+    /// // The log-probs the learner will use as logp_old are the policy's own.
+    /// let (lp, _) = p.token_logps(&["a hall"], &[&a.tokens], a.tokens.len()).unwrap();
+    /// assert_eq!(a.logps, lp.to_vec2::<f32>().unwrap()[0]);
+    /// // The same seed draws the same action.
+    /// let mut again = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    /// assert_eq!(p.act("a hall", &acts, 1.0, &mut again).unwrap(), a);
     /// ```
     pub fn act(
         &self,
@@ -447,8 +451,10 @@ impl Policy {
     /// ```
     /// # use g2po::policy::{Policy, PolicyConfig};
     /// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 1).unwrap();
-    /// let i = p.greedy("a hall", &["north".to_string(), "south".to_string()]).unwrap();
-    /// assert!(i < 2);
+    /// let acts = ["north".to_string(), "south".to_string()];
+    /// let i = p.greedy("a hall", &acts).unwrap();
+    /// let probs = p.action_probs("a hall", &acts, 1.0).unwrap();
+    /// assert!(probs[i] >= probs[1 - i]);
     /// assert!(p.greedy("a hall", &[]).is_err());
     /// ```
     pub fn greedy(&self, observation: &str, admissible: &[String]) -> Result<usize> {

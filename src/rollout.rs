@@ -502,6 +502,102 @@ pub enum AnchorColumn<'a> {
     Keys(&'a [u64]),
 }
 
+/// Anchors of [`DenseColumns`], owned.
+///
+/// ```
+/// use g2po::rollout::DenseAnchors;
+/// let texts = DenseAnchors::texts(["hall", "door"]);
+/// assert!(matches!(texts, DenseAnchors::Text { ref ends, .. } if ends == &[4, 8]));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub enum DenseAnchors {
+    /// Precomputed state keys, one per row.
+    Keys(Vec<u64>),
+    /// Observation texts, concatenated: row `r` is `data[ends[r - 1]..ends[r]]`
+    /// (`ends[-1]` = 0). Each end must fall on a character boundary.
+    Text {
+        /// Every row's text, one after the other.
+        data: String,
+        /// Exclusive end offset of each row's text in `data`.
+        ends: Vec<usize>,
+    },
+}
+
+impl DenseAnchors {
+    /// Concatenates texts into the [`DenseAnchors::Text`] layout.
+    ///
+    /// ```
+    /// let a = g2po::rollout::DenseAnchors::texts(vec!["a".to_string()]);
+    /// assert_eq!(a, g2po::rollout::DenseAnchors::Text { data: "a".into(), ends: vec![1] });
+    /// ```
+    pub fn texts<S: AsRef<str>>(texts: impl IntoIterator<Item = S>) -> Self {
+        let mut data = String::new();
+        let mut ends = Vec::new();
+        for t in texts {
+            data.push_str(t.as_ref());
+            ends.push(data.len());
+        }
+        Self::Text { data, ends }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Keys(k) => k.len(),
+            Self::Text { ends, .. } => ends.len(),
+        }
+    }
+}
+
+/// A trainer's batch with ids already factorised into dense indices, for
+/// [`RolloutBatch::from_dense`]: the bindings' entry point, which hashes no id
+/// and moves every column into the batch without copying it.
+///
+/// `group[r]` indexes `group_ids` and `traj[r]` indexes `traj_ids` (the
+/// labels only serve error messages and exports). Every label must be used.
+///
+/// ```
+/// use g2po::rollout::{DenseAnchors, DenseColumns};
+/// let cols = DenseColumns {
+///     group_ids: vec!["task".into()],
+///     traj_ids: vec!["a".into(), "b".into()],
+///     group: vec![0, 0, 0],
+///     traj: vec![0, 0, 1],
+///     step: None, // row order within each trajectory gives the steps
+///     anchors: DenseAnchors::Keys(vec![1, 2, 1]),
+///     reward: vec![0.0, 10.0, 0.0],
+///     episode_reward: vec![10.0, 10.0, 0.0],
+///     valid: vec![true; 3],
+///     response_len: vec![4, 4, 4],
+/// };
+/// let batch = g2po::RolloutBatch::from_dense(cols)?;
+/// assert_eq!(batch.steps(), &[0, 1, 0]);
+/// # Ok::<(), g2po::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseColumns {
+    /// Label of each dense group index.
+    pub group_ids: Vec<String>,
+    /// Label of each dense trajectory index.
+    pub traj_ids: Vec<String>,
+    /// Dense group index per row.
+    pub group: Vec<u32>,
+    /// Dense trajectory index per row.
+    pub traj: Vec<u32>,
+    /// Step index per row; `None` numbers each trajectory's rows 0, 1, ... in
+    /// row order (what the reference trainers assume).
+    pub step: Option<Vec<u32>>,
+    /// Anchor per row.
+    pub anchors: DenseAnchors,
+    /// Env reward per row.
+    pub reward: Vec<f64>,
+    /// Episode reward per row.
+    pub episode_reward: Vec<f64>,
+    /// Action validity per row.
+    pub valid: Vec<bool>,
+    /// Response token count per row.
+    pub response_len: Vec<u32>,
+}
+
 /// A validated, columnar batch of rollout rows (see the module docs).
 ///
 /// ```
@@ -600,6 +696,203 @@ impl RolloutBatch {
                 response_len: columns.response_len[row],
             })?;
         }
+        builder.build()
+    }
+
+    /// Builds a batch from pre-factorised columns (see [`DenseColumns`]) in
+    /// one linear pass, with the same checks as [`BatchBuilder::push_step`]
+    /// (plus index ranges), each error naming the first offending row.
+    ///
+    /// ```
+    /// use g2po::{Error, RolloutBatch};
+    /// use g2po::rollout::{DenseAnchors, DenseColumns};
+    /// let cols = DenseColumns {
+    ///     group_ids: vec!["g".into()], traj_ids: vec!["t".into()],
+    ///     group: vec![0, 0], traj: vec![0, 0], step: Some(vec![0, 2]),
+    ///     anchors: DenseAnchors::Keys(vec![1, 2]), reward: vec![0.0; 2],
+    ///     episode_reward: vec![0.0; 2], valid: vec![true; 2], response_len: vec![1; 2],
+    /// };
+    /// let err = RolloutBatch::from_dense(cols).unwrap_err();
+    /// assert!(matches!(err, Error::StepOutOfOrder { row: 1, expected: 1, found: 2, .. }));
+    /// ```
+    pub fn from_dense(columns: DenseColumns) -> Result<Self> {
+        let DenseColumns {
+            group_ids,
+            traj_ids,
+            group,
+            traj,
+            step,
+            anchors,
+            reward,
+            episode_reward,
+            valid,
+            response_len,
+        } = columns;
+        let rows = group.len();
+        if rows == 0 {
+            return Err(Error::EmptyBatch);
+        }
+        for (field, len) in [
+            ("traj", traj.len()),
+            ("step", step.as_ref().map_or(rows, Vec::len)),
+            ("anchor", anchors.len()),
+            ("reward", reward.len()),
+            ("episode_reward", episode_reward.len()),
+            ("valid", valid.len()),
+            ("response_len", response_len.len()),
+        ] {
+            if len != rows {
+                return Err(Error::LengthMismatch { field, expected: rows, found: len });
+            }
+        }
+        if rows >= NO_NEXT as usize {
+            return Err(Error::InvalidParameter {
+                name: "rows",
+                reason: format!("a batch holds at most {} rows", NO_NEXT - 1),
+            });
+        }
+        if let DenseAnchors::Text { data, ends } = &anchors {
+            let mut start = 0;
+            for (row, &end) in ends.iter().enumerate() {
+                if end < start || end > data.len() || !data.is_char_boundary(end) {
+                    return Err(Error::InvalidParameter {
+                        name: "anchors",
+                        reason: format!("row {row}: text end offset {end} is not a character boundary after {start}"),
+                    });
+                }
+                start = end;
+            }
+        }
+
+        const UNSEEN: u32 = u32::MAX;
+        let mut trajs = vec![
+            TrajState {
+                group: UNSEEN,
+                episode_reward: 0.0,
+                next_step: 0,
+                first_row: 0,
+                last_row: 0,
+                abs_reward_sum: 0.0,
+            };
+            traj_ids.len()
+        ];
+        let mut group_used = vec![false; group_ids.len()];
+        let mut next_row = vec![NO_NEXT; rows];
+        let mut derived_steps = if step.is_none() { Vec::with_capacity(rows) } else { Vec::new() };
+        for row in 0..rows {
+            for (field, value) in [("reward", reward[row]), ("episode_reward", episode_reward[row])] {
+                if !value.is_finite() {
+                    return Err(Error::NonFinite { row, field, value });
+                }
+                if value.abs() > MAX_ABS_REWARD {
+                    return Err(Error::RewardOutOfRange { row, field, value });
+                }
+            }
+            let (g, t) = (group[row], traj[row]);
+            if g as usize >= group_ids.len() {
+                return Err(Error::IdOutOfRange { row, field: "group", id: g, count: group_ids.len() });
+            }
+            if t as usize >= traj_ids.len() {
+                return Err(Error::IdOutOfRange { row, field: "traj", id: t, count: traj_ids.len() });
+            }
+            group_used[g as usize] = true;
+            let state = &mut trajs[t as usize];
+            let expected = state.next_step;
+            let found = step.as_ref().map_or(expected, |s| s[row]);
+            if state.group == UNSEEN {
+                if found != 0 {
+                    return Err(Error::StepOutOfOrder { row, traj: traj_ids[t as usize].clone(), expected: 0, found });
+                }
+                *state = TrajState {
+                    group: g,
+                    episode_reward: episode_reward[row],
+                    next_step: 1,
+                    first_row: row as u32,
+                    last_row: row as u32,
+                    abs_reward_sum: reward[row].abs(),
+                };
+            } else {
+                if state.group != g {
+                    return Err(Error::TrajectoryInTwoGroups {
+                        row,
+                        traj: traj_ids[t as usize].clone(),
+                        first_group: group_ids[state.group as usize].clone(),
+                        group: group_ids[g as usize].clone(),
+                    });
+                }
+                if found < expected {
+                    let mut first_row = state.first_row;
+                    for _ in 0..found {
+                        first_row = next_row[first_row as usize];
+                    }
+                    return Err(Error::DuplicateStep {
+                        row,
+                        traj: traj_ids[t as usize].clone(),
+                        step: found,
+                        first_row: first_row as usize,
+                    });
+                }
+                if found != expected {
+                    return Err(Error::StepOutOfOrder { row, traj: traj_ids[t as usize].clone(), expected, found });
+                }
+                if state.episode_reward != episode_reward[row] {
+                    return Err(Error::EpisodeRewardMismatch {
+                        row,
+                        traj: traj_ids[t as usize].clone(),
+                        expected: state.episode_reward,
+                        found: episode_reward[row],
+                    });
+                }
+                // A discounted return sums the trajectory's rewards: bounded
+                // like each reward, so it cannot overflow (as push_step).
+                let abs_reward_sum = state.abs_reward_sum + reward[row].abs();
+                if abs_reward_sum > MAX_ABS_REWARD {
+                    return Err(Error::ReturnOutOfRange {
+                        row,
+                        traj: traj_ids[t as usize].clone(),
+                        sum: abs_reward_sum,
+                    });
+                }
+                next_row[state.last_row as usize] = row as u32;
+                state.last_row = row as u32;
+                state.next_step += 1;
+                state.abs_reward_sum = abs_reward_sum;
+            }
+            if step.is_none() {
+                derived_steps.push(found);
+            }
+        }
+        if let Some(t) = trajs.iter().position(|t| t.group == UNSEEN) {
+            return Err(Error::InvalidParameter {
+                name: "traj_ids",
+                reason: format!("trajectory label {:?} (index {t}) has no rows", traj_ids[t]),
+            });
+        }
+        if let Some(g) = group_used.iter().position(|&used| !used) {
+            return Err(Error::InvalidParameter {
+                name: "group_ids",
+                reason: format!("group label {:?} (index {g}) has no rows", group_ids[g]),
+            });
+        }
+        let builder = BatchBuilder {
+            group_ids,
+            group_lookup: AHashMap::new(),
+            traj_ids,
+            traj_lookup: AHashMap::new(),
+            trajs,
+            group,
+            traj,
+            step: step.unwrap_or(derived_steps),
+            anchors: Some(match anchors {
+                DenseAnchors::Keys(keys) => Anchors::Keys(keys),
+                DenseAnchors::Text { data, ends } => Anchors::Text { data, ends },
+            }),
+            reward,
+            episode_reward,
+            valid,
+            response_len,
+            next_row,
+        };
         builder.build()
     }
 

@@ -80,7 +80,7 @@ fn second_call_with_the_same_shapes_allocates_nothing() {
         ("text, interleaved groups", batch(200, false, true)),
     ];
     let mut report = Vec::new();
-    for kind in EstimatorKind::ALL {
+    for kind in EstimatorKind::FROM_BATCH {
         let estimator = Estimator::new(EstimatorConfig::new(kind)).unwrap();
         for (what, batch) in &batches {
             let mut out = Advantages::default();

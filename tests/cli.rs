@@ -107,10 +107,14 @@ fn errors_are_reported_with_exit_code_2() {
 fn train_on_cuda_without_the_feature_is_a_clear_error() {
     let out = bin().args(["train", "--env", "chain", "--iterations", "1", "--device", "cuda"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // A cuda build may have a GPU; this checks the default, CPU-only build.
     if !cfg!(feature = "cuda") {
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains("`cuda` feature"), "{stderr}");
+    } else if !out.status.success() {
+        // A cuda build trains on a GPU when there is one, and says why not otherwise.
+        assert_ne!(std::env::var("G2PO_REQUIRE_GPU").as_deref(), Ok("1"), "no GPU training: {stderr}");
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("is not usable on this machine"), "{stderr}");
     }
     let bad = bin().args(["train", "--device", "tpu"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));

@@ -3,9 +3,14 @@
 //! The references are the crate's own CPU implementations, never a copy: the loss is
 //! compared with `loss::grpo_loss_cpu` (verl semantics), the stages with
 //! `Estimator::estimate` through `cuda::StageHost`. GPU tests skip, printing why, when
-//! `GpuContext::new(0)` fails (no driver, no GPU, no NVRTC); the host-side tests (input
-//! validation, `StageHost` construction) run everywhere the `nvrtc` feature builds.
+//! `GpuContext::new(0)` fails (no driver, no GPU, no NVRTC), unless `G2PO_REQUIRE_GPU=1`
+//! makes that a failure (`tests/support/gpu.rs`; checked by
+//! `require_gpu_turns_every_skip_into_a_failure`); the host-side tests (input validation,
+//! `StageHost` construction) run everywhere the `nvrtc` feature builds.
 #![cfg(feature = "nvrtc")]
+
+#[path = "support/gpu.rs"]
+mod gpu_support;
 
 use std::collections::HashMap;
 
@@ -20,15 +25,7 @@ use rand_chacha::ChaCha8Rng;
 
 const TOL: f64 = 1e-5;
 
-fn gpu_or_skip() -> Option<GpuContext> {
-    match GpuContext::new(0) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            eprintln!("SKIPPED (needs a CUDA GPU): {e}");
-            None
-        }
-    }
-}
+use gpu_support::gpu_or_skip;
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= TOL * (1.0 + a.abs().max(b.abs()))
@@ -223,13 +220,10 @@ fn loss_gpu_is_deterministic_and_rejects_bad_input() {
 #[cfg(feature = "cuda")]
 #[test]
 fn candle_op_cuda_forward_matches_direct_launch() {
-    use candle_core::{Device, Tensor, Var};
+    use candle_core::{Tensor, Var};
     use g2po::learner::{FusedGrpoLoss, LossConstants};
     let Some(gpu) = gpu_or_skip() else { return };
-    let Ok(dev) = Device::new_cuda(0) else {
-        eprintln!("SKIPPED: candle cannot open CUDA device 0");
-        return;
-    };
+    let Some(dev) = gpu_support::candle_cuda_or_skip() else { return };
     let case = LossCase::random(9, 8, 33);
     let c = LossConfig { kl: Some((KlEstimator::K2, 0.01)), entropy_coef: 0.001, ..LossConfig::default() };
     let want = gpu.grpo_loss(&case.0.view(), &c).unwrap();
@@ -420,4 +414,99 @@ fn stages_gpu_reject_bad_input() {
     let mut host = StageHost::from_batch(&batch, &adv, &cfg).unwrap();
     host.next_node[0] = -5;
     assert!(gpu.g2po_stages(&host.inputs(), &host.params).is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// The G2PO_REQUIRE_GPU switch
+// ---------------------------------------------------------------------------------------
+
+/// Set in the copies of this binary that the test below starts, so that they start no more.
+const CHILD_VAR: &str = "G2PO_CUDA_GPU_TEST_CHILD";
+
+/// Runs this test binary again: every test but the one below, on one thread, with the
+/// captured output of passing tests shown too. Returns (success, stdout + stderr).
+fn rerun_this_binary(require_gpu: bool) -> (bool, String) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--skip", "require_gpu_turns_every_skip_into_a_failure", "--test-threads", "1", "--show-output"])
+        .env(CHILD_VAR, "1")
+        .env_remove(gpu_support::REQUIRE_GPU_VAR);
+    if require_gpu {
+        cmd.env(gpu_support::REQUIRE_GPU_VAR, "1");
+    }
+    let out = cmd.output().expect("the test binary runs again");
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// The captured output of each test, from libtest's `---- NAME stdout ----` sections.
+fn captured_output(run: &str) -> HashMap<String, String> {
+    let mut sections: HashMap<String, String> = HashMap::new();
+    let mut current: Option<String> = None;
+    for line in run.lines() {
+        if let Some(name) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----")) {
+            current = Some(name.to_owned());
+            sections.entry(name.to_owned()).or_default();
+        } else if matches!(line, "successes:" | "failures:") {
+            current = None;
+        } else if let Some(name) = &current {
+            let text = sections.entry(name.clone()).or_default();
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    sections
+}
+
+fn failed_tests(run: &str) -> std::collections::BTreeSet<String> {
+    run.lines().filter_map(|l| l.strip_prefix("test ")?.strip_suffix(" ... FAILED")).map(str::to_owned).collect()
+}
+
+/// The switch's contract, checked on whatever machine runs it: without a GPU, each GPU test
+/// skips with the marker, and with `G2PO_REQUIRE_GPU=1` exactly those tests fail, naming the
+/// switch and the reason, while the host-side tests still pass; with a GPU nothing skips and
+/// the switch changes nothing.
+#[test]
+fn require_gpu_turns_every_skip_into_a_failure() {
+    if std::env::var_os(CHILD_VAR).is_some() {
+        return;
+    }
+    let (plain_ok, plain) = rerun_this_binary(false);
+    let (required_ok, required) = rerun_this_binary(true);
+    assert!(plain_ok, "without the switch the suite must pass:\n{plain}");
+    let outputs = captured_output(&plain);
+    let skipped: std::collections::BTreeSet<String> = outputs
+        .iter()
+        .filter(|(_, text)| text.contains(gpu_support::SKIP_MARKER))
+        .map(|(name, _)| name.clone())
+        .collect();
+    #[cfg(feature = "cuda")]
+    let gpu_present = GpuContext::new(0).is_ok() && candle_core::Device::new_cuda(0).is_ok();
+    #[cfg(not(feature = "cuda"))]
+    let gpu_present = GpuContext::new(0).is_ok();
+    if gpu_present {
+        assert!(skipped.is_empty(), "a GPU is present but these tests skipped: {skipped:?}");
+        assert!(required_ok, "with a GPU the switch must change nothing:\n{required}");
+        return;
+    }
+    let mut gpu_tests = vec![
+        "loss_gpu_matches_cpu_for_every_option",
+        "loss_gpu_is_deterministic_and_rejects_bad_input",
+        "stages_gpu_match_engine",
+        "stages_gpu_reject_bad_input",
+    ];
+    if cfg!(feature = "cuda") {
+        gpu_tests.push("candle_op_cuda_forward_matches_direct_launch");
+    }
+    for name in gpu_tests {
+        assert!(skipped.contains(name), "{name} did not report a skip without a GPU:\n{plain}");
+    }
+    assert!(!required_ok, "G2PO_REQUIRE_GPU=1 without a GPU must fail:\n{required}");
+    let failed = failed_tests(&required);
+    assert_eq!(failed, skipped, "with the switch exactly the skipping tests must fail:\n{required}");
+    let failures = captured_output(&required);
+    for name in &failed {
+        let text = failures.get(name).map_or("", String::as_str);
+        assert!(text.contains(&gpu_support::required_message("")), "{name} failed without naming the switch:\n{text}");
+    }
 }

@@ -344,3 +344,40 @@ fn bellman_solvers_agree_on_random_cyclic_graphs() {
         }
     }
 }
+
+// ---------------------------------------------------------------- PPO (turn-level GAE)
+
+#[test]
+fn turn_gae_by_hand() {
+    use g2po::estimators::TurnGae;
+    // doc batch: win hall -> door (reward 10 on the last step), lose hall -> wall (0);
+    // rows 0 win@hall, 1 win@door, 2 lose@hall, 3 lose@wall; response lengths 3, 2, 3, 4.
+    let batch = g2po::doc_batch();
+    let values = [1.0f32, 2.0, 0.5, 0.0];
+    let out = TurnGae::new(0.5, 0.5).unwrap().estimate(&batch, &values).unwrap();
+    // win1: delta = 10 + 0 - 2 = 8, A = 8;  win0: delta = 0 + 0.5 * 2 - 1 = 0, A = 0 + 0.25 * 8 = 2.
+    // lose1: delta = 0 - 0 = 0, A = 0;      lose0: delta = 0 + 0 - 0.5 = -0.5, A = -0.5.
+    assert_close(&out.raw_advantage, &[2.0, 8.0, -0.5, 0.0], "A");
+    assert_close(&out.returns, &[3.0, 10.0, 0.0, 0.0], "returns = A + V");
+    // Whitened over the 12 response tokens (token-weighted, unbiased).
+    let (lens, raw) = ([3.0, 2.0, 3.0, 4.0], [2.0, 8.0, -0.5, 0.0]);
+    let mu = lens.iter().zip(&raw).map(|(l, a)| l * a).sum::<f64>() / 12.0;
+    let var = lens.iter().zip(&raw).map(|(l, a)| l * (a - mu) * (a - mu)).sum::<f64>() / 11.0;
+    let want: Vec<f64> = raw.iter().map(|a| (a - mu) / (var + 1e-8).sqrt()).collect();
+    assert_close(&out.advantage, &want, "whitened");
+    // lambda = 0: one-step TD errors; lambda = 1, gamma = 1: return minus value.
+    let td = TurnGae::new(0.5, 0.0).unwrap().estimate(&batch, &values).unwrap();
+    assert_close(&td.raw_advantage, &[0.0, 8.0, -0.5, 0.0], "TD(0)");
+    let mc = TurnGae::new(1.0, 1.0).unwrap().estimate(&batch, &values).unwrap();
+    assert_close(&mc.raw_advantage, &[9.0, 8.0, -0.5, 0.0], "Monte-Carlo minus V");
+    // The estimator alone refuses PPO (it needs the values); bad values are typed errors.
+    let err = Estimator::new(EstimatorConfig::new(EstimatorKind::Ppo)).unwrap().estimate(&batch).unwrap_err();
+    assert!(matches!(err, Error::InvalidParameter { name: "estimator", .. }), "{err:?}");
+    let gae = TurnGae::new(0.9, 0.9).unwrap();
+    assert!(matches!(gae.estimate(&batch, &[0.0; 3]), Err(Error::LengthMismatch { field: "values", .. })));
+    assert!(matches!(
+        gae.estimate(&batch, &[0.0, f32::NAN, 0.0, 0.0]),
+        Err(Error::NonFinite { row: 1, field: "values", .. })
+    ));
+    assert!(matches!(TurnGae::new(0.9, -0.1), Err(Error::InvalidParameter { name: "gae_lambda", .. })));
+}

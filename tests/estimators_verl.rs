@@ -135,6 +135,7 @@ fn verl_passk(t: &Tokens, eps: f64, norm_by_std: bool) -> Vec<Vec<f64>> {
 fn assert_tokens_match(kind: EstimatorKind, norm: Normalization, batch: &RolloutBatch, want: &[Vec<f64>]) {
     let adv = Estimator::new(EstimatorConfig { norm, ..EstimatorConfig::new(kind) }).unwrap().estimate(batch).unwrap();
     let padded = g2po::broadcast::padded(&adv, batch, None).unwrap();
+    assert_eq!(padded.values.dim(), (want.len(), want[0].len()));
     for (r, row) in want.iter().enumerate() {
         for (j, &w) in row.iter().enumerate() {
             let got = padded.values[[r, j]] as f64;

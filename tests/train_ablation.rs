@@ -22,6 +22,7 @@ fn tiny_ablation_writes_every_artefact() {
             temperature: 1.0,
             task_pool: None,
             eval_on_train_pool: false,
+            agentgym: None,
         },
         AblationSetting {
             name: "low".into(),
@@ -34,9 +35,13 @@ fn tiny_ablation_writes_every_artefact() {
             temperature: 1.0,
             task_pool: None,
             eval_on_train_pool: false,
+            agentgym: None,
         },
     ];
     cfg.estimators = vec![EstimatorKind::Grpo, EstimatorKind::G2po];
+    if let Some(t) = cfg.truth.as_mut() {
+        t.estimators = cfg.estimators.clone();
+    }
     cfg.base.rollouts_per_task = 4;
     let report = run_ablation(&cfg, |_, _| {}).unwrap();
     assert_eq!(report.runs.len(), 2 * 2 * 2);
@@ -47,6 +52,26 @@ fn tiny_ablation_writes_every_artefact() {
     assert_eq!(csv.lines().count(), 1 + 2 * 2 * 3 + 2 * 2 * 2);
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(summary.contains("| chain | g2po |") && summary.contains("| low | grpo |"));
+    // Paired differences to GRPO: one row per (setting, other estimator), seeds all paired.
+    assert_eq!(report.paired.len(), 2);
+    for p in &report.paired {
+        assert_eq!((p.estimator, p.n, p.train_wins + p.train_losses + p.train_ties), (EstimatorKind::G2po, 2, 2));
+        let mine = |e| {
+            report
+                .runs
+                .iter()
+                .filter(move |r| r.setting == p.setting && r.estimator == e)
+                .map(|r| r.final_train_success())
+        };
+        let d: Vec<f64> = mine(EstimatorKind::G2po).zip(mine(EstimatorKind::Grpo)).map(|(a, g)| a - g).collect();
+        assert!((p.train_diff - (d[0] + d[1]) / 2.0).abs() < 1e-12);
+    }
+    assert!(summary.contains("Paired difference to GRPO"));
+    // The exact-truth table: chain and lost robot, every estimator scored.
+    assert_eq!(report.truth.len(), 2 * 2);
+    assert!(report.truth.iter().all(|r| r.n == 2 && r.pearson.0.is_finite()));
+    let truth = std::fs::read_to_string(out.join("truth.md")).unwrap();
+    assert!(truth.contains("| chain | 4 | g2po |") && truth.contains("best"));
     for name in ["chain.png", "low.png"] {
         let bytes = std::fs::read(out.join(name)).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");

@@ -20,6 +20,9 @@ fn train_writes_one_jsonl_line_per_iteration() {
     assert_eq!(horizons, vec![4, 6, 6]);
     for l in &lines {
         assert!(l["update"]["grad_norm"].as_f64().unwrap().is_finite());
+        // The diagnostics sit flat in `update` (the log format readers rely on).
+        assert!(l["update"]["policy_loss"].is_number() && l["update"]["clip_fraction"].is_number());
+        assert!(l["update"]["approx_kl_old_k3"].as_f64().unwrap() >= 0.0);
         assert!(l["truth"]["pearson"].is_number());
         assert!(l["eval_success"].is_number());
     }
@@ -28,17 +31,22 @@ fn train_writes_one_jsonl_line_per_iteration() {
 
 #[test]
 fn train_rejects_bad_input_with_a_message() {
-    for args in [
-        vec!["train", "--env", "maze"],
-        vec!["train", "--curriculum", "zigzag:3"],
-        vec!["train", "--env", "chain", "--temperature", "0", "--iterations", "1"],
-        vec!["train", "--env", "chain", "--rollouts", "0", "--iterations", "1"],
-        vec!["train", "--env", "household-small", "--eval-on-train-pool", "--iterations", "1"],
-        vec!["train", "--env", "household-small", "--task-pool", "0", "--iterations", "1"],
+    // (arguments, a word the message must contain). Exit code 2 is the CLI's
+    // usage-error code (clap's and ours); a panic would exit 101.
+    for (args, word) in [
+        (vec!["train", "--env", "maze"], "maze"),
+        (vec!["train", "--curriculum", "zigzag:3"], "zigzag"),
+        (vec!["train", "--env", "chain", "--temperature", "0", "--iterations", "1"], "temperature"),
+        (vec!["train", "--env", "chain", "--rollouts", "0", "--iterations", "1"], "rollouts"),
+        (vec!["train", "--env", "household-small", "--eval-on-train-pool", "--iterations", "1"], "pool"),
+        (vec!["train", "--env", "household-small", "--task-pool", "0", "--iterations", "1"], "pool"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_g2po")).args(&args).output().unwrap();
-        assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(!out.stderr.is_empty());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(word), "{args:?}: the message does not name `{word}`: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
 

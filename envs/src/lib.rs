@@ -27,6 +27,11 @@
 //! - [`low_overlap::LowOverlap`] — an AppWorld-like API-call task whose observations carry
 //!   fresh noise at every step, so states never repeat.
 //!
+//! Remote environments speak the AgentGym environment-server protocol ([`agentgym`]): a
+//! client ([`agentgym::AgentGymEnv`]) that implements [`Environment`] over HTTP, and a
+//! server ([`agentgym::EnvServer`]) that serves any of the environments above to AgentGym's
+//! Python clients. [`EnvSpec`] names either kind (`household`, `agentgym:http://...`).
+//!
 //! The two tabular environments also implement [`tabular::Tabular`], from which
 //! [`tabular::solve`] computes the exact finite-horizon values G2PO's node values estimate.
 //!
@@ -47,16 +52,19 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub mod agentgym;
 pub mod chain;
 pub mod household;
 pub mod lost_robot;
 pub mod low_overlap;
+pub mod spec;
 pub mod tabular;
 
 pub use chain::Chain;
 pub use household::{Household, TaskType};
 pub use lost_robot::LostRobot;
 pub use low_overlap::LowOverlap;
+pub use spec::EnvSpec;
 pub use tabular::{GroundTruth, Tabular, solve};
 
 /// What the agent sees before acting.
@@ -126,6 +134,31 @@ pub trait Environment: Send {
     fn reset(&mut self, task_seed: u64) -> Observation;
     /// Applies an action given as text. A text that is not admissible is an invalid action: state unchanged, valid=false (text world: observation "Nothing happens.").
     fn step(&mut self, action: &str) -> StepOutcome;
+
+    /// [`Environment::reset`] for environments that can fail (a remote server that is down,
+    /// slow or garbled, see [`agentgym`]). In-process environments never fail, so the default
+    /// forwards to `reset`; callers that may hold a remote environment use this form.
+    ///
+    /// ```
+    /// use g2po_envs::{Chain, Environment};
+    /// let mut env = Chain::new(2).unwrap();
+    /// assert_eq!(env.try_reset(0).unwrap(), env.reset(0));
+    /// ```
+    fn try_reset(&mut self, task_seed: u64) -> Result<Observation, EnvError> {
+        Ok(self.reset(task_seed))
+    }
+
+    /// [`Environment::step`] for environments that can fail; see [`Environment::try_reset`].
+    ///
+    /// ```
+    /// use g2po_envs::{Chain, Environment};
+    /// let mut env = Chain::new(1).unwrap();
+    /// env.reset(0);
+    /// assert!(env.try_step("forward").unwrap().success);
+    /// ```
+    fn try_step(&mut self, action: &str) -> Result<StepOutcome, EnvError> {
+        Ok(self.step(action))
+    }
 }
 
 /// Errors of this crate: bad parameters, bad maps, bad policies, bad look-ups.
@@ -181,6 +214,20 @@ pub enum EnvError {
         /// State index.
         state: usize,
     },
+    /// A call to an AgentGym environment server failed (see [`agentgym::ProtocolError`]).
+    #[error(transparent)]
+    Protocol(#[from] agentgym::ProtocolError),
+    /// An environment specification (`chain`, `agentgym:http://...`) could not be parsed.
+    #[error("invalid environment spec {spec:?}: {reason}")]
+    InvalidSpec {
+        /// The spec as given.
+        spec: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The environment server could not be started or bound.
+    #[error("environment server: {0}")]
+    Server(String),
 }
 
 /// The environments this crate provides, by name.

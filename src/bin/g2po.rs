@@ -25,16 +25,38 @@ enum Command {
     Graph(GraphArgs),
     /// Train the toy text policy on an environment with an estimator (one JSONL log line per iteration).
     Train(TrainArgs),
-    /// Run the GRPO / GiGPO / G2PO ablation (runs.csv, summary.md, PNG curves).
+    /// Run the estimator ablation (runs.csv, summary.md with paired differences to GRPO, truth.md, PNG curves).
     Ablate(AblateArgs),
+    /// Serve one of g2po's environments over the AgentGym HTTP protocol (until killed).
+    ServeEnv(ServeEnvArgs),
+}
+
+#[derive(Args)]
+struct ServeEnvArgs {
+    /// Environment: chain, lost-robot, household, household-small or low-overlap.
+    #[arg(long)]
+    env: g2po_envs::EnvKind,
+    /// Address to listen on (loopback by default; the protocol has no authentication).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 picks a free one; the chosen URL is printed as `listening on URL`).
+    #[arg(long, default_value_t = 36001)]
+    port: u16,
+    /// Most environment instances open at once.
+    #[arg(long, default_value_t = 1024)]
+    max_instances: usize,
+    /// Worker threads answering requests.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
 }
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Environment: chain, lost-robot, household, household-small or low-overlap.
+    /// Environment: chain, lost-robot, household, household-small, low-overlap, or an
+    /// AgentGym server `agentgym:http://HOST:PORT[/PATH][?canon=..&timeout=S]`.
     #[arg(long, default_value = "household")]
-    env: g2po_envs::EnvKind,
-    /// Estimator: grpo, gigpo or g2po.
+    env: g2po_envs::EnvSpec,
+    /// Estimator: grpo, gigpo, g2po, g2po_tree, g2po_bellman, rloo, reinforce_plus_plus_baseline or grpo_passk.
     #[arg(long, value_parser = parse_kind, default_value = "g2po")]
     estimator: EstimatorKind,
     /// Horizon schedule: `fixed:H`, `stepwise:6,13,20@100` or `linear:...`.
@@ -152,16 +174,33 @@ struct AblateArgs {
     #[arg(long, default_value = "results/ablation")]
     out: PathBuf,
     /// Seeds per (setting, estimator).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     seeds: usize,
     /// Tiny runs (smoke test).
     #[arg(long)]
     quick: bool,
+    /// Which settings: the standard in-process ones, or TextWorld-Express over the AgentGym protocol.
+    #[arg(long, value_enum, default_value_t = Suite::Standard)]
+    suite: Suite,
+    /// For `--suite textworld-express`: the Python AgentGym server (`http://HOST:PORT`); by
+    /// default one is started on a free loopback port with the servers' Python
+    /// (`$G2PO_ENV_PYTHON`, else the virtual environment of `envs/servers/setup-venv.sh`).
+    #[arg(long)]
+    env_server: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Suite {
+    /// Lost robot (fixed and curriculum), small household, low overlap.
+    Standard,
+    /// TextWorld-Express coin collector and cooking world.
+    TextworldExpress,
 }
 
 #[derive(Args)]
 struct EstimatorArgs {
-    /// Estimator; defaults to the vector file's, else g2po.
+    /// Estimator (grpo, gigpo, g2po, g2po_tree, g2po_bellman, rloo, reinforce_plus_plus_baseline,
+    /// grpo_passk); defaults to the vector file's, else g2po.
     #[arg(long, value_parser = parse_kind)]
     estimator: Option<EstimatorKind>,
     /// Discount gamma.
@@ -374,8 +413,7 @@ fn graph(args: &GraphArgs) -> g2po::Result<bool> {
 }
 
 fn train(args: &TrainArgs) -> Result<bool, TrainError> {
-    let cfg = TrainConfig {
-        env: args.env,
+    let mut cfg = TrainConfig {
         estimator: args.estimator,
         curriculum: args.curriculum.clone(),
         iterations: args.iterations,
@@ -393,6 +431,7 @@ fn train(args: &TrainArgs) -> Result<bool, TrainError> {
         lm: (args.policy == PolicyChoice::Smollm2).then(|| args.lm.options()),
         ..TrainConfig::default()
     };
+    cfg.set_env(args.env.clone());
     let mut log = match &args.log {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).map_err(|source| TrainError::Io { path: p.display().to_string(), source })?,
@@ -445,7 +484,28 @@ fn train(args: &TrainArgs) -> Result<bool, TrainError> {
 }
 
 fn ablate(args: &AblateArgs) -> Result<bool, TrainError> {
-    let cfg = AblationConfig::standard(args.out.clone(), args.seeds, args.quick);
+    // Held for the whole run: dropping it stops the server this command started.
+    let mut started = None;
+    let cfg = match args.suite {
+        Suite::Standard => AblationConfig::standard(args.out.clone(), args.seeds, args.quick),
+        Suite::TextworldExpress => {
+            let url = match &args.env_server {
+                Some(u) => u.clone(),
+                None => {
+                    let python = g2po_envs::agentgym::find_env_python().ok_or_else(|| {
+                        TrainError::BadConfig(
+                            "no servers' Python: run envs/servers/setup-venv.sh, set G2PO_ENV_PYTHON or pass --env-server"
+                                .into(),
+                        )
+                    })?;
+                    let server = g2po_envs::agentgym::ServerProcess::python_server(&python, &[])?;
+                    eprintln!("started the Python AgentGym server at {}", server.url());
+                    started.insert(server).url().to_string()
+                }
+            };
+            AblationConfig::textworld_express(args.out.clone(), args.seeds, args.quick, &url)?
+        }
+    };
     let total = cfg.settings.len() * cfg.estimators.len() * cfg.seeds;
     let bar = indicatif::ProgressBar::new(total as u64);
     let report = run_ablation(&cfg, |done, _| bar.set_position(done as u64))?;
@@ -457,13 +517,53 @@ fn ablate(args: &AblateArgs) -> Result<bool, TrainError> {
     Ok(true)
 }
 
+/// Sizes the thread pools of a training run, before any thread exists.
+///
+/// * `CANDLE_NUM_THREADS=1`: the toy policy's tensors are small (a forward is a
+///   few hundred kB), so candle's intra-op worker pool (default: one thread
+///   per core, whose workers spin-wait between ops) gains nothing and competes
+///   with the rollout threads for the cores.
+/// * `RAYON_NUM_THREADS` = the available parallelism (rayon's own default, so
+///   the rollout pool is unchanged): candle asks for its matmul thread count
+///   on every matmul, and without this variable it re-reads `/proc/cpuinfo`
+///   each time (num_cpus' physical-core count), which dominated small runs.
+///
+/// Measured in `docs/benchmarks.md` ("Training threads"). Values the user set
+/// are kept.
+fn size_thread_pools_for_training() {
+    let set_default = |name: &str, value: String| {
+        if std::env::var_os(name).is_none() {
+            // SAFETY: called first thing in `main`, before any other thread
+            // exists, so nothing reads the environment concurrently.
+            unsafe { std::env::set_var(name, value) };
+        }
+    };
+    set_default("CANDLE_NUM_THREADS", "1".into());
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    set_default("RAYON_NUM_THREADS", cores.to_string());
+}
+
+fn serve_env(args: &ServeEnvArgs) -> Result<bool, g2po_envs::EnvError> {
+    let config = g2po_envs::agentgym::ServerConfig { max_instances: args.max_instances, threads: args.threads };
+    let server = g2po_envs::agentgym::EnvServer::start(args.env, &format!("{}:{}", args.host, args.port), config)?;
+    // Tests and scripts wait for this line (with --port 0 it is the only way to learn the port).
+    println!("{}{}", g2po_envs::agentgym::LISTENING, server.url());
+    std::io::stdout().flush().map_err(|e| g2po_envs::EnvError::Server(format!("stdout: {e}")))?;
+    server.wait();
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Train(_) | Command::Ablate(_)) {
+        size_thread_pools_for_training();
+    }
     let result = match &cli.command {
         Command::Advantages(args) => advantages(args).map_err(|e| e.to_string()),
         Command::Graph(args) => graph(args).map_err(|e| e.to_string()),
         Command::Train(args) => train(args).map_err(|e| e.to_string()),
         Command::Ablate(args) => ablate(args).map_err(|e| e.to_string()),
+        Command::ServeEnv(args) => serve_env(args).map_err(|e| e.to_string()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

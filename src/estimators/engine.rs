@@ -62,6 +62,13 @@ pub(super) fn estimate_into(
         _ => None,
     };
     match cfg.kind {
+        EstimatorKind::Ppo => {
+            return Err(Error::InvalidParameter {
+                name: "estimator",
+                reason: "ppo needs the critic's values: use estimators::TurnGae (the trainer runs it with a critic)"
+                    .into(),
+            });
+        }
         EstimatorKind::GrpoPassk => grpo_passk::check(batch)?,
         EstimatorKind::ReinforcePlusPlusBaseline => reinforce_plus_plus_baseline::check(batch)?,
         _ => {}

@@ -19,13 +19,18 @@
 //!   first-seen order, each node's self-loops solved in closed form, until no
 //!   value moves by more than [`TOLERANCE`] times `max(1, max |V|)` (at most
 //!   [`MAX_SWEEPS`] sweeps).
-//! - [`BellmanMethod::ExactScc`]: a petgraph graph per group, its strongly
-//!   connected components (`tarjan_scc`, which yields them in reverse
-//!   topological order), each solved exactly by Gaussian elimination with
-//!   partial pivoting once the components it leads to are known.
+//! - [`BellmanMethod::ExactScc`]: first every node visited once is expressed
+//!   through the chain of single visits it starts (`V = gamma^j V(m)` or
+//!   `gamma^j R_term`; such chains never cycle), then the nodes visited more
+//!   than once form a petgraph graph whose strongly connected components
+//!   (`tarjan_scc`, which yields them in reverse topological order) are each
+//!   solved exactly by Gaussian elimination with partial pivoting once the
+//!   components they lead to are known.
 //!
 //! The estimator uses [`DEFAULT_METHOD`], the faster of the two on the
-//! benchmark workload.
+//! benchmark workload (the exact one). Both reuse their buffers across
+//! groups and calls (petgraph's `Graph::clear` keeps its capacity, and
+//! `TarjanScc` its stacks).
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
@@ -44,17 +49,18 @@ pub const MAX_SWEEPS: usize = 100_000;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BellmanMethod {
-    /// Gauss-Seidel over flat arrays, to [`TOLERANCE`].
+    /// Gauss-Seidel over flat arrays, to a relative tolerance of 1e-12 (at most 100,000 sweeps).
     Iterative,
     /// Exact, per strongly connected component of a petgraph graph.
     ExactScc,
 }
 
-/// The solver the `g2po_bellman` estimator uses.
-pub const DEFAULT_METHOD: BellmanMethod = BellmanMethod::Iterative;
+/// The solver the `g2po_bellman` estimator uses: the exact one, 3.9x faster than
+/// Gauss-Seidel on the benchmark workload (`docs/benchmarks.md`).
+pub const DEFAULT_METHOD: BellmanMethod = BellmanMethod::ExactScc;
 
 /// Reused buffers of the solvers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct BellmanScratch {
     /// CSR of rows by node: node k leaves through `by_node[start[k]..start[k + 1]]`.
     start: Vec<u32>,
@@ -63,6 +69,13 @@ pub(super) struct BellmanScratch {
     local: Vec<u32>,
     matrix: Vec<f64>,
     rhs: Vec<f64>,
+    /// `V = a * V(m) + b` of each node visited once (exact solver).
+    chain: Vec<Option<(f64, f64, u32)>>,
+    path: Vec<u32>,
+    /// The reduced graph and Tarjan's buffers, cleared and reused (no allocation
+    /// once grown).
+    graph: DiGraph<u32, ()>,
+    tarjan: petgraph::algo::TarjanScc<NodeIndex>,
 }
 
 /// The rows of one group's graph: row `i` leaves node `node[i]` for node
@@ -73,6 +86,22 @@ pub(super) struct Edges<'a> {
     pub(super) node: &'a [u32],
     pub(super) next: &'a [i32],
     pub(super) terminal: &'a [f64],
+}
+
+impl Default for BellmanScratch {
+    fn default() -> Self {
+        Self {
+            start: Vec::new(),
+            by_node: Vec::new(),
+            local: Vec::new(),
+            matrix: Vec::new(),
+            rhs: Vec::new(),
+            chain: Vec::new(),
+            path: Vec::new(),
+            graph: DiGraph::new(),
+            tarjan: petgraph::algo::TarjanScc::new(),
+        }
+    }
 }
 
 /// Node values of one group's graph into `values`. Inputs are trusted
@@ -138,48 +167,113 @@ fn gauss_seidel(gamma: f64, num_nodes: usize, next: &[i32], terminal: &[f64], s:
     }
 }
 
+/// `V(k) = a * V(m) + b` for a node visited once (`m` a node visited more
+/// than once, or [`NO_NODE`] when the chain ends in a terminal).
+const NO_NODE: u32 = u32::MAX;
+
 fn exact_scc(gamma: f64, num_nodes: usize, next: &[i32], terminal: &[f64], s: &mut BellmanScratch, v: &mut [f64]) {
-    let mut graph: DiGraph<(), ()> = DiGraph::with_capacity(num_nodes, next.len());
-    for _ in 0..num_nodes {
-        graph.add_node(());
+    let visits = |k: usize, s: &BellmanScratch| s.start[k + 1] - s.start[k];
+    // 1. A node visited once has one way out, so its value is gamma times its
+    //    target's: follow such chains (they never cycle: a cycle would visit
+    //    its nodes twice) to a node visited more than once or to a terminal.
+    s.chain.clear();
+    s.chain.resize(num_nodes, None);
+    for k in 0..num_nodes {
+        if visits(k, s) != 1 || s.chain[k].is_some() {
+            continue;
+        }
+        s.path.clear();
+        let mut cur = k;
+        let mut base = loop {
+            if visits(cur, s) != 1 {
+                break (1.0, 0.0, cur as u32);
+            }
+            if let Some(known) = s.chain[cur] {
+                break known;
+            }
+            s.path.push(cur as u32);
+            let row = s.by_node[s.start[cur] as usize] as usize;
+            match next[row] {
+                t if t < 0 => break (0.0, terminal[row], NO_NODE),
+                t => cur = t as usize,
+            }
+        };
+        // The innermost chain node's target is `base`; each node is gamma times its target.
+        for &u in s.path.iter().rev() {
+            base = (gamma * base.0, gamma * base.1, base.2);
+            s.chain[u as usize] = Some(base);
+        }
+    }
+    // The value of row i's target as a * V(m) + b.
+    let target = |i: usize, s: &BellmanScratch| -> (f64, f64, u32) {
+        match next[i] {
+            t if t < 0 => (0.0, terminal[i], NO_NODE),
+            t => s.chain[t as usize].unwrap_or((1.0, 0.0, t as u32)),
+        }
+    };
+    // 2. The nodes visited more than once, on a petgraph graph of the reduced edges.
+    let mut graph = std::mem::take(&mut s.graph);
+    graph.clear();
+    s.local.clear();
+    s.local.resize(num_nodes, NO_NODE);
+    for k in 0..num_nodes {
+        if visits(k, s) > 1 {
+            s.local[k] = graph.add_node(k as u32).index() as u32;
+        }
     }
     for k in 0..num_nodes {
+        if visits(k, s) <= 1 {
+            continue;
+        }
         for &i in &s.by_node[s.start[k] as usize..s.start[k + 1] as usize] {
-            if next[i as usize] >= 0 {
-                graph.add_edge(NodeIndex::new(k), NodeIndex::new(next[i as usize] as usize), ());
+            let (a, _, m) = target(i as usize, s);
+            if m != NO_NODE && a != 0.0 {
+                graph.add_edge(NodeIndex::new(s.local[k] as usize), NodeIndex::new(s.local[m as usize] as usize), ());
             }
         }
     }
-    const OUTSIDE: u32 = u32::MAX;
-    s.local.clear();
-    s.local.resize(num_nodes, OUTSIDE);
-    // Components come sinks first, so every target outside the component is solved.
-    for component in petgraph::algo::tarjan_scc(&graph) {
+    // 3. Components sinks first (Tarjan's order), each solved exactly once the
+    //    components it leads to are known.
+    const SOLVED: u32 = u32::MAX - 1;
+    s.local.fill(NO_NODE); // from here: position in the open component, or SOLVED
+    let mut tarjan = std::mem::replace(&mut s.tarjan, petgraph::algo::TarjanScc::new());
+    tarjan.run(&graph, |component| {
         let q = component.len();
         for (j, n) in component.iter().enumerate() {
-            s.local[n.index()] = j as u32;
+            s.local[graph[*n] as usize] = j as u32;
         }
         s.matrix.clear();
         s.matrix.resize(q * q, 0.0);
         s.rhs.clear();
         s.rhs.resize(q, 0.0);
-        // Row j: c_k V(k) - gamma * sum_{targets in the component} V = gamma * sum_{others} value.
+        // Row j: c_k V(k) - gamma * sum a V(m in component) = gamma * sum (b + a V(m outside)).
         for (j, n) in component.iter().enumerate() {
-            let k = n.index();
+            let k = graph[*n] as usize;
             for &i in &s.by_node[s.start[k] as usize..s.start[k + 1] as usize] {
                 s.matrix[j * q + j] += 1.0;
-                match next[i as usize] {
-                    t if t < 0 => s.rhs[j] += gamma * terminal[i as usize],
-                    t if s.local[t as usize] != OUTSIDE => s.matrix[j * q + s.local[t as usize] as usize] -= gamma,
-                    t => s.rhs[j] += gamma * v[t as usize],
+                let (a, b, m) = target(i as usize, s);
+                s.rhs[j] += gamma * b;
+                if m != NO_NODE && a != 0.0 {
+                    match s.local[m as usize] {
+                        SOLVED => s.rhs[j] += gamma * a * v[m as usize],
+                        local => s.matrix[j * q + local as usize] -= gamma * a,
+                    }
                 }
             }
         }
         gaussian_elimination(q, &mut s.matrix, &mut s.rhs);
         for (j, n) in component.iter().enumerate() {
-            v[n.index()] = s.rhs[j];
-            // Solved: from now on a target outside every open component.
-            s.local[n.index()] = OUTSIDE;
+            let k = graph[*n] as usize;
+            v[k] = s.rhs[j];
+            s.local[k] = SOLVED;
+        }
+    });
+    s.tarjan = tarjan;
+    s.graph = graph;
+    // 4. Back to the nodes visited once.
+    for k in 0..num_nodes {
+        if let Some((a, b, m)) = s.chain[k] {
+            v[k] = b + if m == NO_NODE { 0.0 } else { a * v[m as usize] };
         }
     }
 }

@@ -39,6 +39,7 @@ mod g2po_tree;
 mod gigpo;
 mod grpo;
 mod grpo_passk;
+mod ppo;
 mod reinforce_plus_plus_baseline;
 mod rloo;
 
@@ -48,6 +49,7 @@ pub(crate) use g2po::{terminal_value, visit_value};
 pub use columns::{Advantages, COLUMNS, FAILURE_TERMINAL, SUCCESS_TERMINAL};
 pub use config::{EstimatorConfig, Grouping, MAX_ABS_STEP_WEIGHT, Normalization, StatsOver, TerminalValues};
 pub use g2po_bellman::{BellmanMethod, bellman_values};
+pub use ppo::{Gae, TurnGae};
 
 use std::sync::Mutex;
 
@@ -90,6 +92,10 @@ pub enum EstimatorKind {
     ReinforcePlusPlusBaseline,
     /// GRPO pass@k: only the best row of a group gets an advantage (arXiv 2503.19595).
     GrpoPassk,
+    /// PPO with a learned critic at the turn level: GAE over each trajectory's
+    /// steps from the critic's values ([`TurnGae`]). It needs those values, so
+    /// an [`Estimator`] alone refuses it; the trainer runs it with its critic.
+    Ppo,
 }
 
 impl EstimatorKind {
@@ -97,9 +103,29 @@ impl EstimatorKind {
     ///
     /// ```
     /// assert!(g2po::EstimatorKind::ALL.contains(&g2po::EstimatorKind::G2po));
-    /// assert_eq!(g2po::EstimatorKind::ALL.len(), 8);
+    /// assert_eq!(g2po::EstimatorKind::ALL.len(), 9);
     /// ```
-    pub const ALL: [EstimatorKind; 8] = [
+    pub const ALL: [EstimatorKind; 9] = [
+        Self::Grpo,
+        Self::Gigpo,
+        Self::G2po,
+        Self::G2poTree,
+        Self::G2poBellman,
+        Self::Rloo,
+        Self::ReinforcePlusPlusBaseline,
+        Self::GrpoPassk,
+        Self::Ppo,
+    ];
+
+    /// The estimators an [`Estimator`] computes from a batch alone (all but PPO,
+    /// which needs a critic).
+    ///
+    /// ```
+    /// use g2po::EstimatorKind;
+    /// assert!(!EstimatorKind::FROM_BATCH.contains(&EstimatorKind::Ppo));
+    /// assert_eq!(EstimatorKind::FROM_BATCH.len() + 1, EstimatorKind::ALL.len());
+    /// ```
+    pub const FROM_BATCH: [EstimatorKind; 8] = [
         Self::Grpo,
         Self::Gigpo,
         Self::G2po,
@@ -125,6 +151,7 @@ impl EstimatorKind {
             Self::Rloo => "rloo",
             Self::ReinforcePlusPlusBaseline => "reinforce_plus_plus_baseline",
             Self::GrpoPassk => "grpo_passk",
+            Self::Ppo => "ppo",
         }
     }
 
@@ -142,6 +169,7 @@ impl EstimatorKind {
             Self::Rloo => rloo::COLUMNS,
             Self::ReinforcePlusPlusBaseline => reinforce_plus_plus_baseline::COLUMNS,
             Self::GrpoPassk => grpo_passk::COLUMNS,
+            Self::Ppo => ppo::COLUMNS,
         }
     }
 }

@@ -7,8 +7,10 @@
 //! CUDA forward ([`FusedGrpoLoss`]); [`tensor`] states the same loss as
 //! ordinary candle ops; [`trainable`] is what the learner asks of a policy;
 //! [`update`] is the PPO-style optimisation loop (AdamW, global-norm
-//! clipping, mini-batches, `target_kl` early stopping).
+//! clipping, mini-batches, `target_kl` early stopping); [`critic`] is PPO's
+//! value network with verl's clipped value loss.
 
+pub mod critic;
 pub mod error;
 pub mod op;
 pub mod tensor;

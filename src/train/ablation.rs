@@ -1,4 +1,4 @@
-//! The estimator ablation: GRPO vs GiGPO vs G2PO over seeds and settings.
+//! The estimator ablation: every estimator of [`crate::EstimatorKind::ALL`] over seeds and settings.
 //!
 //! Design. Every (setting, estimator, seed) run is an independent
 //! [`Trainer`]; runs are spread over rayon's pool (and each run's rollouts
@@ -13,7 +13,11 @@
 //! success over all evaluations (the area under the learning curve divided
 //! by its length, in `[0, 1]`), and, on tabular environments, the mean
 //! correlation of the estimator's advantages with the true ones. Across seeds:
-//! mean and a Student-t 95% interval.
+//! mean and a Student-t 95% interval, and for every estimator the paired
+//! difference to GRPO per seed (the runs of one seed share the initial policy
+//! and the first rollouts), with its interval and how many seeds it won, lost
+//! and tied. The exact-truth table ([`super::truth::run_truth_table`]) is written
+//! beside the summary.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -21,10 +25,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use g2po_envs::EnvKind;
+use g2po_envs::agentgym::AgentGymSpec;
 use rayon::prelude::*;
 
 use super::config::{TrainConfig, TrainError};
 use super::trainer::{IterationLog, Trainer};
+use super::truth::{TruthRow, TruthTableConfig, run_truth_table, truth_markdown};
 use crate::EstimatorKind;
 use crate::curriculum::Curriculum;
 
@@ -32,6 +38,15 @@ use crate::curriculum::Curriculum;
 pub const HOUSEHOLD_ITERATIONS: usize = 80;
 /// Training task pool (seeds `0..N`) of the household setting.
 pub const HOUSEHOLD_TASK_POOL: u64 = 16;
+
+/// Turn cap (training and evaluation) of the TextWorld-Express settings.
+pub const TWX_HORIZON: usize = 20;
+/// Iterations of the TextWorld-Express settings.
+pub const TWX_ITERATIONS: usize = 40;
+/// Rollout temperature of the TextWorld-Express settings.
+pub const TWX_TEMPERATURE: f64 = 5.0;
+/// Training pool (data_idx `0..N`) of the TextWorld-Express settings.
+pub const TWX_TASK_POOL: u64 = 16;
 
 /// Evaluations averaged into a run's final success.
 pub const FINAL_WINDOW: usize = 5;
@@ -61,6 +76,25 @@ pub struct AblationSetting {
     /// Evaluate on the training pool (see [`TrainConfig::eval_on_train_pool`]).
     #[serde(default)]
     pub eval_on_train_pool: bool,
+    /// Run on this AgentGym environment server instead of `env` (see
+    /// [`TrainConfig::agentgym`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agentgym: Option<AgentGymSpec>,
+}
+
+impl AblationSetting {
+    /// The environment's name in tables: the built-in kind or `agentgym:URL`.
+    ///
+    /// ```
+    /// let c = g2po::train::AblationConfig::standard("x".into(), 2, true);
+    /// assert_eq!(c.settings[0].env_label(), "lost-robot");
+    /// ```
+    pub fn env_label(&self) -> String {
+        match &self.agentgym {
+            Some(s) => format!("agentgym:{s}"),
+            None => self.env.to_string(),
+        }
+    }
 }
 
 /// The whole ablation.
@@ -76,6 +110,8 @@ pub struct AblationConfig {
     pub estimators: Vec<EstimatorKind>,
     /// Template for every run (env, estimator, curriculum, sizes and seed are overwritten).
     pub base: TrainConfig,
+    /// The exact-truth table written beside the summary (`truth.md`), if any.
+    pub truth: Option<TruthTableConfig>,
 }
 
 impl AblationConfig {
@@ -85,7 +121,7 @@ impl AblationConfig {
     /// household ([`g2po_envs::Household::small`], cap 40, temperature 10)
     /// and low-overlap (cap 30, temperature 6), the temperatures chosen so
     /// that an untrained policy explores multi-word commands; 50 iterations
-    /// of 4 tasks x 8 rollouts, 8 evaluation tasks; GRPO, GiGPO and G2PO.
+    /// of 4 tasks x 8 rollouts, 8 evaluation tasks; every estimator.
     ///
     /// The household setting differs on purpose, identically for every
     /// estimator: it runs [`HOUSEHOLD_ITERATIONS`] iterations on a fixed pool
@@ -98,7 +134,7 @@ impl AblationConfig {
     /// ```
     /// let c = g2po::train::AblationConfig::standard("results/ablation".into(), 5, false);
     /// assert_eq!(c.settings.len(), 4);
-    /// assert_eq!(c.estimators.len(), 3);
+    /// assert_eq!(c.estimators.len(), g2po::EstimatorKind::ALL.len());
     /// ```
     pub fn standard(out: PathBuf, seeds: usize, quick: bool) -> Self {
         let iters: usize = if quick { 6 } else { 50 };
@@ -114,6 +150,7 @@ impl AblationConfig {
             temperature,
             task_pool: None,
             eval_on_train_pool: false,
+            agentgym: None,
         };
         Self {
             out,
@@ -135,9 +172,64 @@ impl AblationConfig {
                 },
                 setting("low-overlap", EnvKind::LowOverlap, Curriculum::Fixed(30), 30, 6.0),
             ],
+            estimators: EstimatorKind::ALL.to_vec(),
+            base: TrainConfig::default(),
+            truth: Some(if quick {
+                TruthTableConfig { group_sizes: vec![4], tasks: 2, ..TruthTableConfig::standard(seeds) }
+            } else {
+                TruthTableConfig::standard(seeds)
+            }),
+        }
+    }
+
+    /// The TextWorld-Express ablation on the Python AgentGym server at
+    /// `server` (`http://HOST:PORT`, see `envs/servers/`): the coin collector
+    /// (4 rooms with doors; cap [`TWX_HORIZON`]) and the cooking world (1
+    /// room, 1 ingredient; same cap), each [`TWX_ITERATIONS`] iterations of 4
+    /// tasks x 8 rollouts at temperature [`TWX_TEMPERATURE`], trained on a
+    /// fixed pool of [`TWX_TASK_POOL`] games and evaluated greedily on 8
+    /// held-out games; GRPO, GiGPO and G2PO. Observations go through the
+    /// TextWorld-Express canonicaliser (task on every turn, no move counter,
+    /// no action feedback). The same settings run any policy the base
+    /// configuration names (the toy policy by default). `quick` shrinks every
+    /// run (for smoke tests).
+    ///
+    /// ```
+    /// let c = g2po::train::AblationConfig::textworld_express("x".into(), 5, false, "http://127.0.0.1:36002").unwrap();
+    /// assert_eq!(c.settings.len(), 2);
+    /// assert!(c.settings.iter().all(|s| s.agentgym.is_some()));
+    /// assert!(g2po::train::AblationConfig::textworld_express("x".into(), 5, false, "127.0.0.1").is_err());
+    /// ```
+    pub fn textworld_express(out: PathBuf, seeds: usize, quick: bool, server: &str) -> Result<Self, TrainError> {
+        let iters = if quick { 4 } else { TWX_ITERATIONS };
+        let game = |name: &str, path: &str| -> Result<AblationSetting, TrainError> {
+            let spec: AgentGymSpec = format!("{}/{path}", server.trim_end_matches('/')).parse()?;
+            Ok(AblationSetting {
+                name: name.to_string(),
+                env: EnvKind::Chain, // not used: the server is
+                curriculum: Curriculum::Fixed(TWX_HORIZON),
+                eval_horizon: TWX_HORIZON,
+                iterations: iters,
+                tasks_per_iter: if quick { 2 } else { 4 },
+                eval_tasks: if quick { 2 } else { 8 },
+                temperature: TWX_TEMPERATURE,
+                task_pool: Some(TWX_TASK_POOL),
+                eval_on_train_pool: false,
+                agentgym: Some(spec),
+            })
+        };
+        Ok(Self {
+            out,
+            seeds,
+            settings: vec![
+                game("twx-coin", "textworld-express/coin")?,
+                game("twx-cooking", "textworld-express/cooking")?,
+            ],
             estimators: vec![EstimatorKind::Grpo, EstimatorKind::Gigpo, EstimatorKind::G2po],
             base: TrainConfig::default(),
-        }
+            // The exact-truth table needs tabular environments: none over the protocol.
+            truth: None,
+        })
     }
 
     /// Checks sizes and every run's training configuration.
@@ -174,6 +266,7 @@ impl AblationConfig {
             temperature: s.temperature,
             task_pool: s.task_pool,
             eval_on_train_pool: s.eval_on_train_pool,
+            agentgym: s.agentgym.clone(),
             seed,
             ..self.base.clone()
         }
@@ -248,6 +341,32 @@ pub struct SummaryRow {
     pub truth_pearson: Option<f64>,
 }
 
+/// The paired difference of one estimator to GRPO in one setting: per seed,
+/// the estimator's metric minus GRPO's on the same seed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PairedRow {
+    /// Setting name.
+    pub setting: String,
+    /// Estimator (never GRPO).
+    pub estimator: EstimatorKind,
+    /// Seeds paired.
+    pub n: usize,
+    /// Final eval success minus GRPO's: mean over seeds.
+    pub final_diff: f64,
+    /// Half-width of its 95% t-interval.
+    pub final_ci: f64,
+    /// Final train success minus GRPO's: mean over seeds.
+    pub train_diff: f64,
+    /// Half-width of its 95% t-interval.
+    pub train_ci: f64,
+    /// Seeds where the estimator's final train success is above / below / equal to GRPO's.
+    pub train_wins: usize,
+    /// See `train_wins`.
+    pub train_losses: usize,
+    /// See `train_wins`.
+    pub train_ties: usize,
+}
+
 /// Everything an ablation produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AblationReport {
@@ -255,6 +374,10 @@ pub struct AblationReport {
     pub runs: Vec<RunResult>,
     /// One row per (setting, estimator).
     pub summary: Vec<SummaryRow>,
+    /// One row per (setting, estimator other than GRPO); empty without GRPO.
+    pub paired: Vec<PairedRow>,
+    /// The exact-truth table (empty when not asked for).
+    pub truth: Vec<TruthRow>,
     /// Wall time of the runs in seconds.
     pub wall_s: f64,
     /// Files written.
@@ -322,15 +445,25 @@ pub fn run_ablation(
             Ok(RunResult { setting: s.name.clone(), estimator: e, seed, logs })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let truth = match &cfg.truth {
+        Some(t) => run_truth_table(t)?,
+        None => Vec::new(),
+    };
     let wall_s = started.elapsed().as_secs_f64();
     let summary = summarise(cfg, &runs);
+    let paired = paired_to_grpo(cfg, &runs);
     std::fs::create_dir_all(&cfg.out).map_err(io(&cfg.out))?;
-    let mut files = vec![write_csv(&cfg.out, &runs)?, write_summary(cfg, &summary, wall_s)?];
+    let mut files = vec![write_csv(&cfg.out, &runs)?, write_summary(cfg, &summary, &paired, wall_s)?];
+    if !truth.is_empty() {
+        let path = cfg.out.join("truth.md");
+        std::fs::write(&path, truth_markdown(&truth)).map_err(io(&path))?;
+        files.push(path);
+    }
     let font = load_font();
     for s in &cfg.settings {
         files.push(plot_setting(&cfg.out, s, &cfg.estimators, &runs, font)?);
     }
-    Ok(AblationReport { runs, summary, wall_s, files })
+    Ok(AblationReport { runs, summary, paired, truth, wall_s, files })
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
@@ -363,20 +496,55 @@ fn summarise(cfg: &AblationConfig, runs: &[RunResult]) -> Vec<SummaryRow> {
     rows
 }
 
+fn paired_to_grpo(cfg: &AblationConfig, runs: &[RunResult]) -> Vec<PairedRow> {
+    let mut rows = Vec::new();
+    let find = |setting: &str, e: EstimatorKind, seed: u64| {
+        runs.iter().find(|r| r.setting == setting && r.estimator == e && r.seed == seed)
+    };
+    for s in &cfg.settings {
+        for &e in cfg.estimators.iter().filter(|&&e| e != EstimatorKind::Grpo) {
+            let pairs: Vec<(&RunResult, &RunResult)> = (0..cfg.seeds as u64)
+                .filter_map(|seed| Some((find(&s.name, e, seed)?, find(&s.name, EstimatorKind::Grpo, seed)?)))
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let final_d: Vec<f64> = pairs.iter().map(|(a, g)| a.final_success() - g.final_success()).collect();
+            let train_d: Vec<f64> =
+                pairs.iter().map(|(a, g)| a.final_train_success() - g.final_train_success()).collect();
+            let (final_diff, final_ci) = mean_ci(&final_d);
+            let (train_diff, train_ci) = mean_ci(&train_d);
+            rows.push(PairedRow {
+                setting: s.name.clone(),
+                estimator: e,
+                n: pairs.len(),
+                final_diff,
+                final_ci,
+                train_diff,
+                train_ci,
+                train_wins: train_d.iter().filter(|&&d| d > 0.0).count(),
+                train_losses: train_d.iter().filter(|&&d| d < 0.0).count(),
+                train_ties: train_d.iter().filter(|&&d| d == 0.0).count(),
+            });
+        }
+    }
+    rows
+}
+
 fn opt(x: Option<f64>) -> String {
     x.map_or_else(String::new, |v| format!("{v:.6}"))
 }
 
 fn write_csv(out: &Path, runs: &[RunResult]) -> Result<PathBuf, TrainError> {
     let mut s = String::from(
-        "setting,estimator,seed,iteration,horizon,train_success,eval_success,mean_length,policy_loss,clip_fraction,approx_kl,entropy,grad_norm,truth_pearson,truth_mse,wall_s\n",
+        "setting,estimator,seed,iteration,horizon,train_success,eval_success,mean_length,policy_loss,clip_fraction,approx_kl,entropy,grad_norm,truth_pearson,truth_mse,value_loss,explained_variance,wall_s\n",
     );
     for r in runs {
         for l in &r.logs {
             let u = &l.update;
             let _ = writeln!(
                 s,
-                "{},{},{},{},{},{:.6},{},{:.3},{:.6},{:.6},{:.6},{:.6},{:.6},{},{},{:.3}",
+                "{},{},{},{},{},{:.6},{},{:.3},{:.6},{:.6},{:.6},{:.6},{:.6},{},{},{},{},{:.3}",
                 r.setting,
                 r.estimator,
                 r.seed,
@@ -392,6 +560,8 @@ fn write_csv(out: &Path, runs: &[RunResult]) -> Result<PathBuf, TrainError> {
                 u.grad_norm,
                 opt(l.truth.map(|t| t.pearson)),
                 opt(l.truth.map(|t| t.mse)),
+                opt(l.critic.map(|c| c.value_loss)),
+                opt(l.critic.map(|c| c.explained_variance)),
                 l.wall_s
             );
         }
@@ -401,7 +571,12 @@ fn write_csv(out: &Path, runs: &[RunResult]) -> Result<PathBuf, TrainError> {
     Ok(path)
 }
 
-fn write_summary(cfg: &AblationConfig, rows: &[SummaryRow], wall_s: f64) -> Result<PathBuf, TrainError> {
+fn write_summary(
+    cfg: &AblationConfig,
+    rows: &[SummaryRow],
+    paired: &[PairedRow],
+    wall_s: f64,
+) -> Result<PathBuf, TrainError> {
     let mut s = String::from("# Ablation summary\n\n");
     let _ = writeln!(
         s,
@@ -417,7 +592,7 @@ fn write_summary(cfg: &AblationConfig, rows: &[SummaryRow], wall_s: f64) -> Resu
             s,
             "- `{}`: env {}, horizon schedule `{}`, eval horizon {}, {} iterations x {} tasks x {} rollouts, {} eval tasks{}, temperature {}{}",
             st.name,
-            st.env,
+            st.env_label(),
             st.curriculum,
             st.eval_horizon,
             st.iterations,
@@ -445,7 +620,29 @@ fn write_summary(cfg: &AblationConfig, rows: &[SummaryRow], wall_s: f64) -> Resu
             r.truth_pearson.map_or_else(|| "–".to_string(), |v| format!("{v:.3}"))
         );
     }
-    s.push_str("\nCurves: `<setting>.png` (left: greedy eval success at the eval horizon; right: training success at the current cap; mean over seeds). Colours: GRPO red, GiGPO blue, G2PO green.\n");
+    if !paired.is_empty() {
+        s.push_str(
+            "\nPaired difference to GRPO (same seed: same initial policy and first rollouts), mean ± 95% \
+             t-interval over seeds; wins/losses/ties count the seeds where the final train success is \
+             above/below/equal to GRPO's.\n\n| setting | estimator | final eval - GRPO | final train - GRPO | train wins/losses/ties |\n|---|---|---|---|---|\n",
+        );
+        for p in paired {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:+.3} ± {:.3} | {:+.3} ± {:.3} | {}/{}/{} |",
+                p.setting,
+                p.estimator,
+                p.final_diff,
+                p.final_ci,
+                p.train_diff,
+                p.train_ci,
+                p.train_wins,
+                p.train_losses,
+                p.train_ties
+            );
+        }
+    }
+    s.push_str("\nCurves: `<setting>.png` (left: greedy eval success at the eval horizon; right: training success at the current cap; mean over seeds), one colour per estimator (legend in the plot).\n");
     let path = cfg.out.join("summary.md");
     std::fs::write(&path, s).map_err(io(&path))?;
     Ok(path)
@@ -472,15 +669,17 @@ fn load_font() -> bool {
 }
 
 fn colour(e: EstimatorKind) -> plotters::style::RGBColor {
+    use plotters::style::RGBColor;
     match e {
-        EstimatorKind::Grpo => plotters::style::RGBColor(214, 39, 40),
-        EstimatorKind::Gigpo => plotters::style::RGBColor(31, 119, 180),
-        EstimatorKind::G2po => plotters::style::RGBColor(44, 160, 44),
-        EstimatorKind::G2poTree => plotters::style::RGBColor(148, 103, 189),
-        EstimatorKind::G2poBellman => plotters::style::RGBColor(140, 86, 75),
-        EstimatorKind::Rloo => plotters::style::RGBColor(227, 119, 194),
-        EstimatorKind::ReinforcePlusPlusBaseline => plotters::style::RGBColor(127, 127, 127),
-        EstimatorKind::GrpoPassk => plotters::style::RGBColor(188, 189, 34),
+        EstimatorKind::Grpo => RGBColor(214, 39, 40),
+        EstimatorKind::Gigpo => RGBColor(31, 119, 180),
+        EstimatorKind::G2po => RGBColor(44, 160, 44),
+        EstimatorKind::G2poTree => RGBColor(148, 103, 189),
+        EstimatorKind::G2poBellman => RGBColor(23, 190, 207),
+        EstimatorKind::Rloo => RGBColor(255, 127, 14),
+        EstimatorKind::ReinforcePlusPlusBaseline => RGBColor(140, 86, 75),
+        EstimatorKind::GrpoPassk => RGBColor(127, 127, 127),
+        EstimatorKind::Ppo => RGBColor(188, 189, 34),
     }
 }
 

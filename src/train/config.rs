@@ -1,7 +1,8 @@
 //! The training configuration and the training error type.
 
 use super::device::{DeviceError, DeviceSpec};
-use g2po_envs::{EnvError, EnvKind};
+use g2po_envs::agentgym::AgentGymSpec;
+use g2po_envs::{EnvError, EnvKind, EnvSpec};
 
 use crate::EstimatorKind;
 use crate::curriculum::{Curriculum, CurriculumError};
@@ -124,6 +125,11 @@ pub struct TrainConfig {
     /// these options instead of the toy policy (`policy` is then unused).
     #[serde(default)]
     pub lm: Option<super::lm::LmTrainOptions>,
+    /// `Some(server)`: rollouts and evaluation run on this AgentGym
+    /// environment server (`env` is then not used, and there is no ground
+    /// truth); `None`: on the in-process `env`. See [`TrainConfig::env_spec`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agentgym: Option<AgentGymSpec>,
 }
 
 /// First seed of the held-out evaluation tasks (training tasks are drawn below it).
@@ -151,11 +157,46 @@ impl Default for TrainConfig {
             task_pool: None,
             eval_on_train_pool: false,
             lm: None,
+            agentgym: None,
         }
     }
 }
 
 impl TrainConfig {
+    /// The environment the run uses: the AgentGym server when one is set, else `env`.
+    ///
+    /// ```
+    /// use g2po::train::TrainConfig;
+    /// use g2po_envs::{EnvKind, EnvSpec};
+    /// assert_eq!(TrainConfig::default().env_spec(), EnvSpec::Builtin(EnvKind::Chain));
+    /// let remote = TrainConfig { agentgym: Some("http://127.0.0.1:36001".parse().unwrap()), ..Default::default() };
+    /// assert!(matches!(remote.env_spec(), EnvSpec::AgentGym(_)));
+    /// ```
+    pub fn env_spec(&self) -> EnvSpec {
+        match &self.agentgym {
+            Some(s) => EnvSpec::AgentGym(s.clone()),
+            None => EnvSpec::Builtin(self.env),
+        }
+    }
+
+    /// Points the run at `spec`: a built-in kind sets `env` and clears
+    /// `agentgym`, a remote one sets `agentgym`.
+    ///
+    /// ```
+    /// let mut c = g2po::train::TrainConfig::default();
+    /// c.set_env("household".parse().unwrap());
+    /// assert_eq!(c.env, g2po_envs::EnvKind::Household);
+    /// ```
+    pub fn set_env(&mut self, spec: EnvSpec) {
+        match spec {
+            EnvSpec::Builtin(k) => {
+                self.env = k;
+                self.agentgym = None;
+            }
+            EnvSpec::AgentGym(s) => self.agentgym = Some(s),
+        }
+    }
+
     /// Checks every option (the learner's and the curriculum's included).
     ///
     /// ```

@@ -27,7 +27,9 @@ pub mod truth;
 pub use ablation::{AblationConfig, AblationReport, AblationSetting, run_ablation};
 pub use config::{TrainConfig, TrainError};
 pub use device::{DeviceError, DeviceSpec};
-pub use lm::{LmTrainOptions, LmTrainer, ScoreMemo, evaluate_lm};
-pub use rollouts::{CollectedRow, Rollout, RolloutSet, collect_rollouts, rollout_seed};
-pub use trainer::{IterationLog, Trainer, evaluate};
+pub use lm::{LmProfile, LmTrainOptions, LmTrainer, ScoreMemo, evaluate_lm};
+pub use rollouts::{
+    CollectedRow, DroppedTask, Rollout, RolloutSet, collect_rollouts, collect_rollouts_dropping, rollout_seed,
+};
+pub use trainer::{IterationLog, Trainer, evaluate, evaluate_dropping};
 pub use truth::{TruthScore, TruthTable, score_advantages};

@@ -5,7 +5,7 @@
 //! rayon writes it into its own slot, so the collected set does not depend on
 //! the number of threads or on scheduling.
 
-use g2po_envs::{EnvKind, make_env_with_seed};
+use g2po_envs::{EnvError, EnvSpec};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -83,7 +83,9 @@ fn mix(mut z: u64) -> u64 {
 /// Runs `per_task` rollouts of every task in `tasks` with `policy` sampling at
 /// temperature `temperature`, each until done or `horizon` turns (reaching the
 /// cap is a truncation, a failure). `stream` distinguishes the call
-/// (iteration number) in the seeds.
+/// (iteration number) in the seeds. `env` is a built-in [`g2po_envs::EnvKind`]
+/// or any [`EnvSpec`] (a remote AgentGym server); a task whose environment
+/// fails is dropped whole, see [`collect_rollouts_dropping`].
 ///
 /// ```
 /// use g2po::policy::{Policy, PolicyConfig};
@@ -97,7 +99,7 @@ fn mix(mut z: u64) -> u64 {
 #[allow(clippy::too_many_arguments)]
 pub fn collect_rollouts(
     policy: &Policy,
-    env: EnvKind,
+    env: impl Into<EnvSpec>,
     tasks: &[u64],
     per_task: usize,
     horizon: usize,
@@ -105,25 +107,88 @@ pub fn collect_rollouts(
     seed: u64,
     stream: u64,
 ) -> Result<RolloutSet, TrainError> {
+    collect_rollouts_dropping(policy, env, tasks, per_task, horizon, temperature, seed, stream).map(|(set, _)| set)
+}
+
+/// A task whose rollouts were dropped because its environment failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DroppedTask {
+    /// The task seed.
+    pub task: u64,
+    /// The first failure among its rollouts (e.g. a server that timed out).
+    pub error: EnvError,
+}
+
+/// [`collect_rollouts`], also returning the tasks it dropped.
+///
+/// When an environment fails (a remote server that is dead, slow or
+/// garbled: [`EnvError::Protocol`]) during any rollout of a task, every
+/// rollout of that task is dropped, so no partial trajectory and no group
+/// short of rollouts reaches a batch; the other tasks are kept. When every
+/// task fails, the first failure is the error. Policy errors are not dropped.
+///
+/// ```
+/// use g2po::policy::{Policy, PolicyConfig};
+/// use g2po::train::collect_rollouts_dropping;
+/// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 0).unwrap();
+/// let (set, dropped) = collect_rollouts_dropping(&p, g2po_envs::EnvKind::Chain, &[0], 2, 3, 1.0, 0, 0).unwrap();
+/// assert_eq!((set.rollouts.len(), dropped.len()), (2, 0));
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn collect_rollouts_dropping(
+    policy: &Policy,
+    env: impl Into<EnvSpec>,
+    tasks: &[u64],
+    per_task: usize,
+    horizon: usize,
+    temperature: f64,
+    seed: u64,
+    stream: u64,
+) -> Result<(RolloutSet, Vec<DroppedTask>), TrainError> {
     if horizon == 0 || per_task == 0 || tasks.is_empty() {
         return Err(TrainError::BadConfig(
             "rollouts need a positive horizon, at least one task and one rollout per task".into(),
         ));
     }
-    let rollouts = (0..tasks.len() * per_task)
+    let env = env.into();
+    let results: Vec<Result<Rollout, TrainError>> = (0..tasks.len() * per_task)
         .into_par_iter()
         .map(|slot| {
             let (t, r) = (slot / per_task, slot % per_task);
             let s = rollout_seed(seed, stream, t as u64, r as u64);
-            run_one(policy, env, tasks[t], horizon, temperature, s)
+            run_one(policy, &env, tasks[t], horizon, temperature, s)
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(RolloutSet { rollouts, per_task, horizon })
+        .collect();
+    let mut rollouts = Vec::with_capacity(results.len());
+    let mut dropped = Vec::new();
+    let mut results = results.into_iter();
+    for &task in tasks {
+        let group: Vec<_> = results.by_ref().take(per_task).collect();
+        let mut kept = Vec::with_capacity(per_task);
+        let mut failure = None;
+        for r in group {
+            match r {
+                Ok(rollout) => kept.push(rollout),
+                Err(TrainError::Env(e)) => failure = failure.or(Some(e)),
+                Err(other) => return Err(other),
+            }
+        }
+        match failure {
+            None => rollouts.extend(kept),
+            Some(error) => dropped.push(DroppedTask { task, error }),
+        }
+    }
+    if rollouts.is_empty()
+        && let Some(first) = dropped.first()
+    {
+        return Err(TrainError::Env(first.error.clone()));
+    }
+    Ok((RolloutSet { rollouts, per_task, horizon }, dropped))
 }
 
 fn run_one(
     policy: &Policy,
-    kind: EnvKind,
+    spec: &EnvSpec,
     task: u64,
     horizon: usize,
     temperature: f64,
@@ -132,14 +197,14 @@ fn run_one(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     // The env seed only matters for low-overlap's noise; deriving it from the
     // rollout seed keeps parallel rollouts distinct and reproducible.
-    let mut env = make_env_with_seed(kind, seed);
-    let mut obs = env.reset(task);
+    let mut env = spec.make(seed);
+    let mut obs = env.try_reset(task)?;
     let mut rows = Vec::new();
     let mut success = false;
     for t in 0..horizon {
         let act = policy.act(&obs.text, &obs.admissible, temperature, &mut rng)?;
         let action = obs.admissible[act.index].clone();
-        let out = env.step(&action);
+        let out = env.try_step(&action)?;
         rows.push(CollectedRow {
             observation: std::mem::take(&mut obs.text),
             key: obs.key,

@@ -2,17 +2,22 @@
 
 use std::time::Instant;
 
-use g2po_envs::{EnvKind, make_env_with_seed};
+use g2po_envs::EnvSpec;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::config::{EVAL_SEED_BASE, TrainConfig, TrainError};
-use super::rollouts::{RolloutSet, collect_rollouts, rollout_seed};
+use super::rollouts::{RolloutSet, collect_rollouts_dropping, rollout_seed};
 use super::truth::{TruthScore, TruthTable, score_advantages};
+use crate::estimators::TurnGae;
+use crate::learner::critic::{Critic, CriticConfig, CriticStats};
 use crate::learner::{Learner, UpdateBatch, UpdateRow, UpdateStats};
 use crate::policy::Policy;
-use crate::{AdvantageEstimator, Estimator, EstimatorConfig};
+use crate::{AdvantageEstimator, Advantages, Estimator, EstimatorConfig, EstimatorKind};
+
+/// GAE's trace parameter of turn-level PPO in training (CleanRL's default; verl's is 1).
+pub const PPO_GAE_LAMBDA: f64 = 0.95;
 
 /// What one iteration did (one JSONL line of `g2po train`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -31,8 +36,15 @@ pub struct IterationLog {
     pub update: UpdateStats,
     /// Estimator advantages vs the exact ones (tabular environments only).
     pub truth: Option<TruthScore>,
+    /// The critic's update (PPO only): value loss, value clip fraction, explained variance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critic: Option<CriticStats>,
     /// Seconds since the run started.
     pub wall_s: f64,
+    /// Training and evaluation tasks left out because their environment failed
+    /// (a remote server that was dead, slow or garbled; always 0 in process).
+    #[serde(default)]
+    pub dropped_tasks: usize,
 }
 
 /// A training run: policy, learner, estimator and schedule.
@@ -42,6 +54,8 @@ pub struct Trainer {
     reference: Option<Policy>,
     learner: Learner,
     estimator: Estimator,
+    /// PPO's value network (only for [`EstimatorKind::Ppo`]).
+    critic: Option<Critic>,
     truth: Option<TruthTable>,
     task_rng: ChaCha8Rng,
 }
@@ -54,25 +68,50 @@ impl std::fmt::Debug for Trainer {
 
 /// Greedy success rate of `policy` on `tasks` with turn cap `horizon`
 /// (evaluation rollouts run in parallel; greedy play is deterministic).
+/// A task whose environment fails is left out of the rate (see
+/// [`evaluate_dropping`]).
 ///
 /// ```
 /// use g2po::policy::{Policy, PolicyConfig};
 /// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 0).unwrap();
-/// let rate = g2po::train::evaluate(&p, g2po_envs::EnvKind::Chain, &[0, 1], 10).unwrap();
-/// assert!((0.0..=1.0).contains(&rate));
+/// let chain = g2po_envs::EnvKind::Chain;
+/// let rate = g2po::train::evaluate(&p, chain, &[0, 1], 10).unwrap();
+/// // The mean of the per-task outcomes (greedy play is deterministic).
+/// let one = |t| g2po::train::evaluate(&p, chain, &[t], 10).unwrap();
+/// assert_eq!(rate, (one(0) + one(1)) / 2.0);
+/// assert_eq!(g2po::train::evaluate(&p, chain, &[], 10).unwrap(), 0.0);
 /// ```
-pub fn evaluate(policy: &Policy, env: EnvKind, tasks: &[u64], horizon: usize) -> Result<f64, TrainError> {
+pub fn evaluate(policy: &Policy, env: impl Into<EnvSpec>, tasks: &[u64], horizon: usize) -> Result<f64, TrainError> {
+    evaluate_dropping(policy, env, tasks, horizon).map(|(rate, _)| rate)
+}
+
+/// [`evaluate`], also returning how many tasks were left out because their
+/// environment failed; when every task fails, the first failure is the error.
+///
+/// ```
+/// use g2po::policy::{Policy, PolicyConfig};
+/// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 0).unwrap();
+/// let (_, dropped) = g2po::train::evaluate_dropping(&p, g2po_envs::EnvKind::Chain, &[0], 10).unwrap();
+/// assert_eq!(dropped, 0);
+/// ```
+pub fn evaluate_dropping(
+    policy: &Policy,
+    env: impl Into<EnvSpec>,
+    tasks: &[u64],
+    horizon: usize,
+) -> Result<(f64, usize), TrainError> {
     if tasks.is_empty() {
-        return Ok(0.0);
+        return Ok((0.0, 0));
     }
-    let wins = tasks
+    let env = env.into();
+    let results: Vec<Result<bool, TrainError>> = tasks
         .par_iter()
         .map(|&task| -> Result<bool, TrainError> {
-            let mut e = make_env_with_seed(env, task);
-            let mut obs = e.reset(task);
+            let mut e = env.make(task);
+            let mut obs = e.try_reset(task)?;
             for _ in 0..horizon {
                 let i = policy.greedy(&obs.text, &obs.admissible)?;
-                let out = e.step(&obs.admissible[i]);
+                let out = e.try_step(&obs.admissible[i])?;
                 if out.done {
                     return Ok(out.success);
                 }
@@ -80,8 +119,22 @@ pub fn evaluate(policy: &Policy, env: EnvKind, tasks: &[u64], horizon: usize) ->
             }
             Ok(false)
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(wins.iter().filter(|&&w| w).count() as f64 / tasks.len() as f64)
+        .collect();
+    let (mut wins, mut played, mut first_failure) = (0usize, 0usize, None);
+    for r in results {
+        match r {
+            Ok(w) => {
+                played += 1;
+                wins += usize::from(w);
+            }
+            Err(TrainError::Env(e)) => first_failure = first_failure.or(Some(e)),
+            Err(other) => return Err(other),
+        }
+    }
+    match first_failure {
+        Some(e) if played == 0 => Err(TrainError::Env(e)),
+        _ => Ok((wins as f64 / played as f64, tasks.len() - played)),
+    }
 }
 
 impl Trainer {
@@ -108,9 +161,16 @@ impl Trainer {
         lcfg.seed = rollout_seed(cfg.seed, u64::MAX, 0, 0);
         let learner = Learner::new(lcfg, &policy)?;
         let estimator = Estimator::new(EstimatorConfig::new(cfg.estimator))?;
-        let truth = if cfg.truth { TruthTable::new(cfg.env) } else { None };
+        let critic = match cfg.estimator {
+            EstimatorKind::Ppo => {
+                Some(Critic::new(&policy, CriticConfig::default(), rollout_seed(cfg.seed, u64::MAX, 2, 0))?)
+            }
+            _ => None,
+        };
+        // Ground truth needs the exact tabular model: in-process environments only.
+        let truth = if cfg.truth && cfg.agentgym.is_none() { TruthTable::new(cfg.env) } else { None };
         let task_rng = ChaCha8Rng::seed_from_u64(rollout_seed(cfg.seed, u64::MAX, 1, 0));
-        Ok(Self { cfg, policy, reference, learner, estimator, truth, task_rng })
+        Ok(Self { cfg, policy, reference, learner, estimator, critic, truth, task_rng })
     }
 
     /// The configuration.
@@ -181,9 +241,10 @@ impl Trainer {
         let tasks = self.draw_tasks();
         let cfg = &self.cfg;
         let horizon = cfg.curriculum.horizon(iteration as u64);
-        let set = collect_rollouts(
+        let env = cfg.env_spec();
+        let (set, dropped) = collect_rollouts_dropping(
             &self.policy,
-            cfg.env,
+            env.clone(),
             &tasks,
             cfg.rollouts_per_task,
             horizon,
@@ -192,7 +253,19 @@ impl Trainer {
             iteration as u64,
         )?;
         let batch = set.batch(cfg.anchor_from_key)?;
-        let adv = self.estimator.estimate(&batch)?;
+        // PPO: GAE from the critic's values of the rollouts' states; the critic
+        // trains on the returns after the policy update.
+        let mut critic_targets = None;
+        let adv = match &self.critic {
+            Some(critic) => {
+                let observations: Vec<&str> = set.rows().map(|r| r.observation.as_str()).collect();
+                let values = critic.values(&self.policy, &observations)?;
+                let gae = TurnGae::new(self.estimator.config().gamma, PPO_GAE_LAMBDA)?.estimate(&batch, &values)?;
+                critic_targets = Some((values, gae.returns));
+                Advantages { advantage: gae.advantage, episode: gae.raw_advantage, ..Default::default() }
+            }
+            None => self.estimator.estimate(&batch)?,
+        };
         let truth = match &self.truth {
             Some(table) if adv.advantage.len() >= 2 => {
                 Some(truth_score(table, &self.policy, cfg.temperature, &set, &adv.advantage)?)
@@ -212,10 +285,20 @@ impl Trainer {
             .collect();
         let update = UpdateBatch::new(rows, tokens)?;
         let stats = self.learner.update(&self.policy, self.reference.as_ref(), &update)?;
+        let critic = match (self.critic.as_mut(), critic_targets) {
+            (Some(critic), Some((values, returns))) => {
+                let observations: Vec<&str> = set.rows().map(|r| r.observation.as_str()).collect();
+                Some(critic.update(&self.policy, &observations, &values, &returns)?)
+            }
+            _ => None,
+        };
+        let mut dropped_tasks = dropped.len();
         let eval_success =
             if cfg.eval_tasks > 0 && (iteration.is_multiple_of(cfg.eval_every) || iteration == cfg.iterations) {
                 let h = cfg.eval_horizon.unwrap_or(horizon);
-                Some(evaluate(&self.policy, cfg.env, &self.eval_tasks(), h)?)
+                let (rate, left_out) = evaluate_dropping(&self.policy, env, &self.eval_tasks(), h)?;
+                dropped_tasks += left_out;
+                Some(rate)
             } else {
                 None
             };
@@ -227,7 +310,9 @@ impl Trainer {
             mean_length: set.mean_length(),
             update: stats,
             truth,
+            critic,
             wall_s: started.elapsed().as_secs_f64(),
+            dropped_tasks,
         })
     }
 

@@ -276,3 +276,180 @@ pub fn score_advantages(estimate: &[f32], truth: &[f64]) -> Result<TruthScore, T
     };
     Ok(TruthScore { pearson, mse, rows: n })
 }
+
+/// The exact-truth table: how close each estimator's advantages come to the
+/// true `A* = Q - V` on the tabular environments, per group size.
+///
+/// For every environment and seed the sampling policy is the initial policy of
+/// a training run with that seed ([`super::TrainConfig::default`]'s policy
+/// sizes), sampling at the environment's temperature; its exact `Q - V` comes
+/// from [`TruthTable`]. For every group size `N`, `tasks` groups of `N`
+/// rollouts are collected (the same rollouts for every estimator) and every
+/// estimator is scored with [`score_advantages`]. Across seeds: mean and 95%
+/// t-interval, and the paired difference of every estimator to the best one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TruthTableConfig {
+    /// (environment, horizon cap, sampling temperature).
+    pub envs: Vec<(EnvKind, usize, f64)>,
+    /// Rollouts per task group.
+    pub group_sizes: Vec<usize>,
+    /// Estimators scored.
+    pub estimators: Vec<crate::EstimatorKind>,
+    /// Seeds `0..seeds` (one initial policy and one rollout stream each).
+    pub seeds: usize,
+    /// Task groups per batch.
+    pub tasks: usize,
+}
+
+impl TruthTableConfig {
+    /// The chain (cap 8, temperature 1) and the lost robot (cap 30,
+    /// temperature 2, the ablation's), group sizes 4, 8 and 16, every
+    /// estimator computed from a batch alone ([`crate::EstimatorKind::FROM_BATCH`]:
+    /// PPO's advantages depend on a critic, which an initial policy does not
+    /// have), 4 task groups per batch.
+    ///
+    /// ```
+    /// let c = g2po::train::truth::TruthTableConfig::standard(10);
+    /// assert_eq!(c.group_sizes, vec![4, 8, 16]);
+    /// ```
+    pub fn standard(seeds: usize) -> Self {
+        Self {
+            envs: vec![(EnvKind::Chain, 8, 1.0), (EnvKind::LostRobot, 30, 2.0)],
+            group_sizes: vec![4, 8, 16],
+            estimators: crate::EstimatorKind::FROM_BATCH.to_vec(),
+            seeds,
+            tasks: 4,
+        }
+    }
+}
+
+/// One cell of the exact-truth table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TruthRow {
+    /// Environment.
+    pub env: EnvKind,
+    /// Rollouts per group.
+    pub group_size: usize,
+    /// Estimator.
+    pub estimator: crate::EstimatorKind,
+    /// Seeds scored.
+    pub n: usize,
+    /// Pearson correlation with `Q - V`: mean over seeds and 95% half-width.
+    pub pearson: (f64, f64),
+    /// Standardised MSE (`2 (1 - pearson)` per batch): mean and 95% half-width.
+    pub mse: (f64, f64),
+    /// Correlation minus that of the cell's best estimator, paired by seed:
+    /// mean and 95% half-width (0 for the best itself).
+    pub gap_to_best: (f64, f64),
+    /// Whether this estimator has the cell's highest mean correlation (the
+    /// first in [`TruthTableConfig::estimators`] order among ties).
+    pub best: bool,
+}
+
+/// Computes the exact-truth table (see [`TruthTableConfig`]).
+///
+/// ```no_run
+/// let rows = g2po::train::truth::run_truth_table(&g2po::train::truth::TruthTableConfig::standard(10)).unwrap();
+/// println!("{}", g2po::train::truth::truth_markdown(&rows));
+/// ```
+pub fn run_truth_table(cfg: &TruthTableConfig) -> Result<Vec<TruthRow>, TrainError> {
+    use rayon::prelude::*;
+    if cfg.seeds < 2 || cfg.tasks == 0 || cfg.group_sizes.contains(&0) || cfg.group_sizes.contains(&1) {
+        return Err(TrainError::BadConfig("the truth table needs 2+ seeds, 1+ tasks and groups of 2+ rollouts".into()));
+    }
+    let policy_cfg = super::TrainConfig::default().policy;
+    let jobs: Vec<(usize, u64)> =
+        (0..cfg.envs.len()).flat_map(|e| (0..cfg.seeds as u64).map(move |s| (e, s))).collect();
+    // scores[job][group size][estimator] = pearson
+    let scores = jobs
+        .par_iter()
+        .map(|&(e, seed)| -> Result<Vec<Vec<f64>>, TrainError> {
+            let (env, horizon, temperature) = cfg.envs[e];
+            let table = TruthTable::new(env)
+                .ok_or_else(|| TrainError::BadConfig(format!("{env} is not a tabular environment")))?;
+            let policy = Policy::new(&policy_cfg, &candle_core::Device::Cpu, seed)?;
+            let probs = table.policy_probs(&policy, temperature)?;
+            let gt = table.solve(&probs, horizon)?;
+            let tasks: Vec<u64> = (0..cfg.tasks as u64).collect();
+            cfg.group_sizes
+                .iter()
+                .map(|&n| {
+                    let set = super::collect_rollouts(&policy, env, &tasks, n, horizon, temperature, seed, n as u64)?;
+                    let batch = set.batch(false)?;
+                    let truth = table.true_advantages(&gt, set.rows())?;
+                    cfg.estimators
+                        .iter()
+                        .map(|&kind| {
+                            let estimator = crate::Estimator::new(crate::EstimatorConfig::new(kind))?;
+                            let adv = crate::AdvantageEstimator::estimate(&estimator, &batch)?;
+                            Ok(score_advantages(&adv.advantage, &truth)?.pearson)
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut rows = Vec::new();
+    for (e, &(env, _, _)) in cfg.envs.iter().enumerate() {
+        let mine: Vec<&Vec<Vec<f64>>> =
+            jobs.iter().zip(&scores).filter(|((je, _), _)| *je == e).map(|(_, s)| s).collect();
+        for (gi, &n) in cfg.group_sizes.iter().enumerate() {
+            let per = |k: usize| -> Vec<f64> { mine.iter().map(|s| s[gi][k]).collect() };
+            let means: Vec<f64> = (0..cfg.estimators.len()).map(|k| super::ablation::mean_ci(&per(k)).0).collect();
+            // The first of tied maxima (max_by would return the last).
+            let best = (0..means.len()).fold(0, |b, k| if means[k] > means[b] { k } else { b });
+            for (k, &kind) in cfg.estimators.iter().enumerate() {
+                let p = per(k);
+                let mse: Vec<f64> = p.iter().map(|r| 2.0 * (1.0 - r)).collect();
+                let gap: Vec<f64> = p.iter().zip(per(best)).map(|(a, b)| a - b).collect();
+                rows.push(TruthRow {
+                    env,
+                    group_size: n,
+                    estimator: kind,
+                    n: p.len(),
+                    pearson: super::ablation::mean_ci(&p),
+                    mse: super::ablation::mean_ci(&mse),
+                    gap_to_best: if k == best { (0.0, 0.0) } else { super::ablation::mean_ci(&gap) },
+                    best: k == best,
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The truth table as Markdown: one row per (environment, group size,
+/// estimator); the best mean correlation of each (environment, group size) in
+/// bold, and "(below)" where an estimator's paired gap to it excludes 0 at 95%.
+///
+/// ```
+/// assert!(g2po::train::truth::truth_markdown(&[]).starts_with('|'));
+/// ```
+pub fn truth_markdown(rows: &[TruthRow]) -> String {
+    use std::fmt::Write;
+    let mut s = String::from(
+        "| env | N | estimator | corr with Q - V | std. MSE | corr - best (paired) |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let best = r.best;
+        let corr = format!("{:.3} ± {:.3}", r.pearson.0, r.pearson.1);
+        let gap = if best {
+            "best".to_string()
+        } else {
+            let below = r.gap_to_best.0 + r.gap_to_best.1 < 0.0;
+            format!("{:+.3} ± {:.3}{}", r.gap_to_best.0, r.gap_to_best.1, if below { " (below)" } else { "" })
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.3} ± {:.3} | {} |",
+            r.env,
+            r.group_size,
+            r.estimator,
+            if best { format!("**{corr}**") } else { corr },
+            r.mse.0,
+            r.mse.1,
+            gap
+        );
+    }
+    s
+}
