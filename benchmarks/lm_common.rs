@@ -53,18 +53,12 @@ pub fn decision(p: &SmolLmPolicy) -> (String, Vec<String>) {
 /// on-policy old log-probs.
 pub fn group_batch(p: &SmolLmPolicy, prompt: &str, admissible: &[String]) -> UpdateBatch {
     let scored = p.score(prompt, admissible).expect("score");
-    UpdateBatch {
-        rows: scored
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| UpdateRow {
-                observation: prompt.to_string(),
-                action_tokens: s.tokens,
-                old_logps: s.logps,
-                advantage: if i % 2 == 0 { 1.0 } else { -1.0 },
-            })
-            .collect(),
-    }
+    let advantages: Vec<f32> = (0..scored.len()).map(|i| if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
+    let rows = scored
+        .into_iter()
+        .map(|s| UpdateRow { observation: prompt.to_string(), action_tokens: s.tokens, old_logps: s.logps })
+        .collect();
+    UpdateBatch::with_row_advantages(rows, &advantages).expect("a valid batch")
 }
 
 pub fn learner_config() -> LearnerConfig {

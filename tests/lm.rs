@@ -12,8 +12,8 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{D, Device, IndexOp, Tensor};
 use g2po::learner::{KlEstimator, LearnerConfig, LossConfig, UpdateBatch, UpdateRow};
 use g2po::lm::{
-    GgufFile, Llama, LlamaConfig, LmError, LmLearner, LmPolicyConfig, LmTokenizer, Lora, LoraConfig, Mode,
-    Projection, PromptConfig, PromptContext, SmolLmPolicy, candidate_logps, default_gguf_path, sequence_logps,
+    GgufFile, Llama, LlamaConfig, LmError, LmLearner, LmPolicyConfig, LmTokenizer, Lora, LoraConfig, Mode, Projection,
+    PromptConfig, PromptContext, SmolLmPolicy, candidate_logps, default_gguf_path, sequence_logps,
 };
 
 struct Base {
@@ -257,7 +257,8 @@ fn scores_agree_with_candle_quantized_llama() {
     let b = need_base!();
     let p = policy(b, LoraConfig::default(), 0).reference();
     let ids = b.tokenizer.encode(&prompt(&p)).unwrap();
-    let acts: Vec<Vec<u32>> = ["go to desk", "take book from sofa", "look"].iter().map(|a| p.tokenize_action(a).unwrap()).collect();
+    let acts: Vec<Vec<u32>> =
+        ["go to desk", "take book from sofa", "look"].iter().map(|a| p.tokenize_action(a).unwrap()).collect();
     let refs: Vec<&[u32]> = acts.iter().map(Vec::as_slice).collect();
     let ours = candidate_logps(&b.model, None, &ids, &refs, Mode::Fast, false).unwrap().to_rows().unwrap();
     let mut reader = std::fs::File::open(b.file.path()).unwrap();
@@ -328,10 +329,11 @@ fn positive_advantage_raises_the_actions_logprob_and_kl_becomes_positive() {
     let mut kl = 0.0;
     for _ in 0..3 {
         let old = logp(&p);
-        let row = UpdateRow { observation: prompt.clone(), action_tokens: target.clone(), old_logps: old, advantage: 1.0 };
-        let stats = learner.update(&p, Some(&reference), &UpdateBatch { rows: vec![row] }).unwrap();
+        let row = UpdateRow { observation: prompt.clone(), action_tokens: target.clone(), old_logps: old };
+        let batch = UpdateBatch::with_row_advantages(vec![row], &[1.0]).unwrap();
+        let stats = learner.update(&p, Some(&reference), &batch).unwrap();
         assert!(stats.grad_norm.is_finite() && stats.grad_norm > 0.0);
-        kl = stats.kl_ref;
+        kl = stats.diagnostics.kl_ref;
     }
     let after = logp(&p);
     let (sb, sa): (f32, f32) = (before.iter().sum(), after.iter().sum());
@@ -342,6 +344,40 @@ fn positive_advantage_raises_the_actions_logprob_and_kl_becomes_positive() {
     assert!(kl > 0.0, "kl to the reference {kl}");
 }
 
+/// The crate's generic `Learner` trains the policy through its
+/// `TrainablePolicy` implementation too, and one group update there and in
+/// `LmLearner` (one prompt, so one group) is the same step.
+#[test]
+fn generic_learner_and_lm_learner_take_the_same_step() {
+    use g2po::learner::{Learner, TrainablePolicy};
+    let b = need_base!();
+    let lora = LoraConfig { top_layers: Some(2), ..LoraConfig::default() };
+    let (p1, p2) = (policy(b, lora.clone(), 8), policy(b, lora, 8));
+    let prompt = prompt(&p1);
+    let adm = admissible();
+    let scored = p1.score(&prompt, &adm[..3]).unwrap();
+    let rows: Vec<UpdateRow> = scored
+        .iter()
+        .map(|s| UpdateRow { observation: prompt.clone(), action_tokens: s.tokens.clone(), old_logps: s.logps.clone() })
+        .collect();
+    let batch = UpdateBatch::with_row_advantages(rows, &[1.0, -0.5, -0.5]).unwrap();
+    let cfg = LearnerConfig { lr: 1e-3, fused: false, ..LearnerConfig::default() };
+    let s1 = Learner::new(cfg, &p1).unwrap().update(&p1, None, &batch).unwrap();
+    let s2 = LmLearner::new(cfg, &p2).unwrap().update(&p2, None, &batch).unwrap();
+    assert!((s1.loss - s2.loss).abs() < 1e-6 && (s1.grad_norm - s2.grad_norm).abs() < 1e-4 * s1.grad_norm.max(1.0));
+    for (a, b) in p1.trainable_vars().iter().zip(p2.trainable_vars()) {
+        let d = (a.as_tensor() - b.as_tensor()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-6, "parameters differ by {d}");
+    }
+    // The update moved the adapters.
+    let moved: f32 = p1
+        .trainable_vars()
+        .iter()
+        .map(|v| v.as_tensor().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+        .sum();
+    assert!(moved > 0.0);
+}
+
 #[test]
 fn token_logps_keep_row_order_across_prompt_groups() {
     let b = need_base!();
@@ -349,7 +385,8 @@ fn token_logps_keep_row_order_across_prompt_groups() {
     let adm = admissible();
     let p1 = prompt(&p);
     let p2 = p.render(&PromptContext { history: &[], observation: "You are in the bedroom.", admissible: &adm });
-    let a: Vec<Vec<u32>> = ["look", "go to desk", "open drawer"].iter().map(|s| p.tokenize_action(s).unwrap()).collect();
+    let a: Vec<Vec<u32>> =
+        ["look", "go to desk", "open drawer"].iter().map(|s| p.tokenize_action(s).unwrap()).collect();
     let prompts = [p1.as_str(), p2.as_str(), p1.as_str()];
     let acts = [a[0].as_slice(), a[1].as_slice(), a[2].as_slice()];
     let (logp, entropy) = p.token_logps(&prompts, &acts, 6).unwrap();
@@ -389,4 +426,64 @@ fn prompt_renders_chatml_and_sampling_respects_temperature() {
     assert!(p.act(&text, &adm, 0.0, &mut rng).is_err());
     assert!(p.greedy(&text, &[]).is_err());
     let _ = PromptConfig::default();
+}
+
+/// The trainer's loop end to end on the real model: rollouts on the small
+/// household, G2PO advantages, one LoRA update, a greedy evaluation, and the memo answering the group's repeated first
+/// prompt. Two adapted blocks and horizon 2 keep it to seconds.
+#[test]
+#[cfg(feature = "train")]
+fn lm_trainer_runs_an_iteration_on_the_small_household() {
+    use g2po::train::{LmTrainOptions, LmTrainer, TrainConfig};
+    let _ = need_base!();
+    let mut policy = LmPolicyConfig::default();
+    policy.lora.top_layers = Some(2);
+    let cfg = TrainConfig {
+        env: g2po_envs::EnvKind::HouseholdSmall,
+        estimator: g2po::EstimatorKind::G2po,
+        curriculum: g2po::curriculum::Curriculum::Fixed(2),
+        iterations: 1,
+        tasks_per_iter: 1,
+        rollouts_per_task: 3,
+        eval_tasks: 1,
+        temperature: 1.0,
+        learner: LearnerConfig { lr: 1e-3, ..LearnerConfig::default() },
+        lm: Some(LmTrainOptions { gguf: None, policy, eval_before: true }),
+        ..TrainConfig::default()
+    };
+    let mut profiles = Vec::new();
+    let logs = LmTrainer::new(cfg.clone()).unwrap().run_profiled(|_, p| profiles.push(*p)).unwrap();
+    assert_eq!(logs.len(), 1);
+    let log = &logs[0];
+    assert_eq!(log.horizon, 2);
+    assert!(log.eval_success.is_some_and(|s| (0.0..=1.0).contains(&s)));
+    // (At horizon 2 every rollout may fail, so the advantages and the step may be zero.)
+    assert!(log.update.grad_norm.is_finite() && log.update.loss.is_finite(), "{:?}", log.update);
+    assert!(log.mean_length > 0.0 && log.mean_length <= 2.0);
+    // Three rollouts of one task start from the same prompt: scored once.
+    assert!(profiles[0].memo_hits >= 2, "{:?}", profiles[0]);
+    assert!(profiles[0].eval_before.is_some_and(|s| (0.0..=1.0).contains(&s)));
+    // Same seed, same run.
+    let again = LmTrainer::new(cfg).unwrap().run(|_| {}).unwrap();
+    assert_eq!(again[0].update.diagnostics.policy_loss, log.update.diagnostics.policy_loss);
+    assert_eq!(again[0].train_success, log.train_success);
+}
+
+#[test]
+#[cfg(feature = "train")]
+fn lm_trainer_rejects_ppo_and_a_missing_gguf_before_any_rollout() {
+    use g2po::train::{LmTrainOptions, LmTrainer, TrainConfig, TrainError};
+    let missing = LmTrainOptions {
+        gguf: Some("/nonexistent/smollm2.gguf".into()),
+        policy: LmPolicyConfig::default(),
+        eval_before: false,
+    };
+    let cfg = TrainConfig { lm: Some(missing), ..TrainConfig::default() };
+    let err = LmTrainer::new(cfg.clone()).unwrap_err();
+    assert!(matches!(err, TrainError::Lm(LmError::MissingWeights { .. })), "{err}");
+    assert!(err.to_string().contains("scripts/fetch-smollm2.sh"), "{err}");
+    let ppo = TrainConfig { estimator: g2po::EstimatorKind::Ppo, ..cfg };
+    assert!(matches!(LmTrainer::new(ppo).unwrap_err(), TrainError::BadConfig(m) if m.contains("ppo")));
+    let no_lm = TrainConfig::default();
+    assert!(matches!(LmTrainer::new(no_lm).unwrap_err(), TrainError::BadConfig(_)));
 }

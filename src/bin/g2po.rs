@@ -142,6 +142,10 @@ struct LmArgs {
     /// Greedy evaluation rule: mean (length-normalised) or sum of token log-probs.
     #[arg(long, value_enum, default_value_t = GreedyChoice::Mean)]
     greedy: GreedyChoice,
+    /// Also evaluate the untrained policy before the first update (logged as
+    /// `lm_profile.eval_before` of iteration 1).
+    #[arg(long)]
+    eval_before: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -164,7 +168,7 @@ impl LmArgs {
             GreedyChoice::Mean => g2po::lm::GreedyRule::MeanLogProb,
             GreedyChoice::Sum => g2po::lm::GreedyRule::SumLogProb,
         };
-        g2po::train::LmTrainOptions { gguf: self.gguf.clone(), policy }
+        g2po::train::LmTrainOptions { gguf: self.gguf.clone(), policy, eval_before: self.eval_before }
     }
 }
 
@@ -445,7 +449,8 @@ fn train(args: &TrainArgs) -> Result<bool, TrainError> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut write_err = None;
-    let on_log = |l: &g2po::train::IterationLog| {
+    // One JSONL line per iteration; the SmolLM2 trainer adds its time profile as `lm_profile`.
+    let mut on_log = |l: &g2po::train::IterationLog, profile: Option<&g2po::train::LmProfile>| {
         bar.inc(1);
         bar.set_message(format!(
             "h={} train={:.2} eval={} loss={:.4}",
@@ -455,16 +460,19 @@ fn train(args: &TrainArgs) -> Result<bool, TrainError> {
             l.update.diagnostics.policy_loss
         ));
         if let (Some(w), None) = (log.as_mut(), &write_err) {
-            let line = serde_json::to_string(l).expect("logs serialise");
+            let mut line = serde_json::to_value(l).expect("logs serialise");
+            if let (Some(p), Some(obj)) = (profile, line.as_object_mut()) {
+                obj.insert("lm_profile".into(), serde_json::to_value(p).expect("profiles serialise"));
+            }
             if let Err(e) = writeln!(w, "{line}") {
                 write_err = Some(e);
             }
         }
     };
     let logs = if cfg.lm.is_some() {
-        g2po::train::LmTrainer::new(cfg)?.run(on_log)?
+        g2po::train::LmTrainer::new(cfg)?.run_profiled(|l, p| on_log(l, Some(p)))?
     } else {
-        Trainer::new(cfg)?.run(on_log)?
+        Trainer::new(cfg)?.run(|l| on_log(l, None))?
     };
     bar.finish();
     if let (Some(p), Some(source)) = (&args.log, write_err) {

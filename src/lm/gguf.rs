@@ -138,10 +138,7 @@ impl GgufFile {
 
     fn meta_f64(&self, key: &str) -> Result<f64> {
         let v = self.meta(key)?;
-        v.to_f32()
-            .map(f64::from)
-            .or_else(|_| v.to_f64())
-            .map_err(|e| self.corrupt(format!("metadata `{key}`: {e}")))
+        v.to_f32().map(f64::from).or_else(|_| v.to_f64()).map_err(|e| self.corrupt(format!("metadata `{key}`: {e}")))
     }
 
     /// The model configuration from the metadata (`general.architecture`

@@ -48,8 +48,15 @@ pub enum Projection {
 
 impl Projection {
     /// All projections in block order.
-    pub const ALL: [Projection; 7] =
-        [Projection::Q, Projection::K, Projection::V, Projection::O, Projection::Gate, Projection::Up, Projection::Down];
+    pub const ALL: [Projection; 7] = [
+        Projection::Q,
+        Projection::K,
+        Projection::V,
+        Projection::O,
+        Projection::Gate,
+        Projection::Up,
+        Projection::Down,
+    ];
 
     /// Short name (`q`, `k`, `v`, `o`, `gate`, `up`, `down`).
     ///
@@ -93,10 +100,9 @@ impl fmt::Display for Projection {
 impl FromStr for Projection {
     type Err = LmError;
     fn from_str(s: &str) -> Result<Self> {
-        Projection::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| LmError::BadConfig(format!("unknown projection {s:?} (expected q, k, v, o, gate, up or down)")))
+        Projection::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| {
+            LmError::BadConfig(format!("unknown projection {s:?} (expected q, k, v, o, gate, up or down)"))
+        })
     }
 }
 

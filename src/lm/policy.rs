@@ -118,7 +118,12 @@ impl SmolLmPolicy {
     }
 
     /// A policy on an already loaded base (shared, not copied).
-    pub fn from_parts(model: Arc<Llama>, tokenizer: Arc<LmTokenizer>, config: LmPolicyConfig, seed: u64) -> Result<Self> {
+    pub fn from_parts(
+        model: Arc<Llama>,
+        tokenizer: Arc<LmTokenizer>,
+        config: LmPolicyConfig,
+        seed: u64,
+    ) -> Result<Self> {
         if tokenizer.vocab_size() > model.config().vocab {
             return Err(LmError::BadConfig(format!(
                 "tokenizer has {} tokens but the model only {}",

@@ -81,9 +81,8 @@ impl LmTokenizer {
         let model = file.meta("tokenizer.ggml.model")?.to_string().map_err(|e| file.corrupt(e.to_string()))?;
         let pre = file.meta("tokenizer.ggml.pre")?.to_string().map_err(|e| file.corrupt(e.to_string()))?;
         if model != "gpt2" || pre != "smollm" {
-            return Err(file.corrupt(format!(
-                "tokenizer is `{model}` with pre-tokenizer `{pre}`, expected `gpt2` with `smollm`"
-            )));
+            return Err(file
+                .corrupt(format!("tokenizer is `{model}` with pre-tokenizer `{pre}`, expected `gpt2` with `smollm`")));
         }
         let tokens = strings(file, "tokenizer.ggml.tokens")?;
         let merges = strings(file, "tokenizer.ggml.merges")?;
@@ -103,7 +102,8 @@ impl LmTokenizer {
                     .ok_or_else(|| file.corrupt(format!("merge {m:?} is not two space-separated tokens")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| LmError::Tokenizer(e.to_string()))?;
+        let bpe =
+            BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| LmError::Tokenizer(e.to_string()))?;
         let mut inner = Tokenizer::new(bpe);
         let pre: Vec<PreTokenizerWrapper> = vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()];
         inner.with_pre_tokenizer(Some(Sequence::new(pre)));

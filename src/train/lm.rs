@@ -21,6 +21,10 @@
 //!   depend on the order or the thread count;
 //! * the update is [`LmLearner`]: a prompt's actions are one GRPO group step
 //!   on the prompt's shared cache;
+//! * environments come from [`TrainConfig::env_spec`], so an AgentGym server
+//!   works as with the toy loop, but a failing server ends the run with its
+//!   error rather than dropping the task (a decision here costs seconds, so a
+//!   retry policy is the caller's choice);
 //! * no ground-truth score: the exact advantages need the policy's action
 //!   probabilities at every tabular state, which is affordable for the toy
 //!   policy only.
@@ -29,7 +33,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use g2po_envs::make_env_with_seed;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -53,6 +56,11 @@ pub struct LmTrainOptions {
     pub gguf: Option<PathBuf>,
     /// Adapters, prompt and greedy rule.
     pub policy: LmPolicyConfig,
+    /// Also evaluate the untrained policy (the base: LoRA starts at zero)
+    /// before the first update, reported as [`LmProfile::eval_before`] of
+    /// iteration 1: the "before" of a before/after comparison.
+    #[serde(default)]
+    pub eval_before: bool,
 }
 
 /// Scores of the prompts seen in one iteration (see the module docs).
@@ -89,6 +97,25 @@ impl ScoreMemo {
     }
 }
 
+/// Where one iteration's time went, and how much the memo saved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LmProfile {
+    /// Seconds collecting rollouts.
+    pub rollout_s: f64,
+    /// Seconds in the update.
+    pub update_s: f64,
+    /// Seconds evaluating.
+    pub eval_s: f64,
+    /// Rollout decisions answered from the memo.
+    pub memo_hits: usize,
+    /// Rollout decisions that ran the model (distinct prompts).
+    pub memo_misses: usize,
+    /// Iteration 1 with [`LmTrainOptions::eval_before`]: the greedy success
+    /// rate of the untrained policy on the evaluation tasks, at the
+    /// evaluation horizon (or the first curriculum cap).
+    pub eval_before: Option<f64>,
+}
+
 /// A training run of the SmolLM2 policy (see the module docs).
 pub struct LmTrainer {
     cfg: TrainConfig,
@@ -97,6 +124,7 @@ pub struct LmTrainer {
     learner: LmLearner,
     estimator: Estimator,
     task_rng: ChaCha8Rng,
+    profile: LmProfile,
 }
 
 impl std::fmt::Debug for LmTrainer {
@@ -122,6 +150,13 @@ impl LmTrainer {
     pub fn new(cfg: TrainConfig) -> Result<Self, TrainError> {
         cfg.validate()?;
         let opts = cfg.lm.clone().ok_or_else(|| TrainError::BadConfig("LmTrainer needs TrainConfig::lm".into()))?;
+        // PPO needs a value head on the model; said before the weights load and a whole
+        // rollout phase runs, not at the first estimate.
+        if cfg.estimator == crate::EstimatorKind::Ppo {
+            return Err(TrainError::BadConfig(
+                "the SmolLM2 policy has no critic: ppo is not available with --policy smollm2".into(),
+            ));
+        }
         let device = cfg.device.open()?;
         let path = opts.gguf.clone().unwrap_or_else(default_gguf_path);
         let file = GgufFile::open(&path)?;
@@ -132,7 +167,7 @@ impl LmTrainer {
         let learner = LmLearner::new(lcfg, &policy)?;
         let estimator = Estimator::new(EstimatorConfig::new(cfg.estimator))?;
         let task_rng = ChaCha8Rng::seed_from_u64(rollout_seed(cfg.seed, u64::MAX, 1, 0));
-        Ok(Self { cfg, policy, reference, learner, estimator, task_rng })
+        Ok(Self { cfg, policy, reference, learner, estimator, task_rng, profile: LmProfile::default() })
     }
 
     /// The configuration.
@@ -143,6 +178,11 @@ impl LmTrainer {
     /// The current policy.
     pub fn policy(&self) -> &SmolLmPolicy {
         &self.policy
+    }
+
+    /// The profile of the last iteration.
+    pub fn profile(&self) -> LmProfile {
+        self.profile
     }
 
     /// The evaluation task seeds (as [`super::Trainer::eval_tasks`]).
@@ -164,9 +204,17 @@ impl LmTrainer {
 
     /// Runs one iteration (1-based) and returns its log.
     pub fn step(&mut self, iteration: usize, started: Instant) -> Result<IterationLog, TrainError> {
+        let horizon = self.cfg.curriculum.horizon(iteration as u64);
+        let wants_before =
+            iteration == 1 && self.cfg.eval_tasks > 0 && self.cfg.lm.as_ref().is_some_and(|o| o.eval_before);
+        let eval_before = if wants_before {
+            Some(self.evaluate(&self.eval_tasks(), self.cfg.eval_horizon.unwrap_or(horizon))?)
+        } else {
+            None
+        };
         let tasks = self.draw_tasks();
         let cfg = &self.cfg;
-        let horizon = cfg.curriculum.horizon(iteration as u64);
+        let clock = Instant::now();
         let mut memo = ScoreMemo::default();
         let mut rollouts = Vec::with_capacity(tasks.len() * cfg.rollouts_per_task);
         for (t, &task) in tasks.iter().enumerate() {
@@ -181,6 +229,7 @@ impl LmTrainer {
             per_task: cfg.rollouts_per_task,
             horizon,
         };
+        let rollout_s = clock.elapsed().as_secs_f64();
         let batch = set.batch(cfg.anchor_from_key)?;
         let adv = self.estimator.estimate(&batch)?;
         let tokens = crate::broadcast::padded(&adv, &batch, None)?;
@@ -194,7 +243,10 @@ impl LmTrainer {
             })
             .collect();
         let update = UpdateBatch::new(rows, tokens)?;
+        let clock = Instant::now();
         let stats = self.learner.update(&self.policy, self.reference.as_ref(), &update)?;
+        let update_s = clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
         let cfg = &self.cfg;
         let eval_success =
             if cfg.eval_tasks > 0 && (iteration.is_multiple_of(cfg.eval_every) || iteration == cfg.iterations) {
@@ -203,6 +255,14 @@ impl LmTrainer {
             } else {
                 None
             };
+        self.profile = LmProfile {
+            rollout_s,
+            update_s,
+            eval_s: clock.elapsed().as_secs_f64(),
+            memo_hits: memo.hits,
+            memo_misses: memo.misses,
+            eval_before,
+        };
         Ok(IterationLog {
             iteration,
             horizon,
@@ -211,17 +271,28 @@ impl LmTrainer {
             mean_length: set.mean_length(),
             update: stats,
             truth: None,
+            critic: None,
             wall_s: started.elapsed().as_secs_f64(),
+            dropped_tasks: 0,
         })
     }
 
     /// Runs all iterations, calling `on_log` after each; returns the logs.
-    pub fn run(mut self, mut on_log: impl FnMut(&IterationLog)) -> Result<Vec<IterationLog>, TrainError> {
+    pub fn run(self, mut on_log: impl FnMut(&IterationLog)) -> Result<Vec<IterationLog>, TrainError> {
+        self.run_profiled(|log, _| on_log(log))
+    }
+
+    /// [`LmTrainer::run`], also handing each iteration's [`LmProfile`] to
+    /// the callback.
+    pub fn run_profiled(
+        mut self,
+        mut on_log: impl FnMut(&IterationLog, &LmProfile),
+    ) -> Result<Vec<IterationLog>, TrainError> {
         let started = Instant::now();
         let mut logs = Vec::with_capacity(self.cfg.iterations);
         for i in 1..=self.cfg.iterations {
             let log = self.step(i, started)?;
-            on_log(&log);
+            on_log(&log, &self.profile);
             logs.push(log);
         }
         Ok(logs)
@@ -238,16 +309,19 @@ pub fn evaluate_lm(policy: &SmolLmPolicy, cfg: &TrainConfig, tasks: &[u64], hori
     let mut memo = ScoreMemo::default();
     let mut wins = 0usize;
     for &task in tasks {
-        let mut env = make_env_with_seed(cfg.env, task);
-        let mut obs = env.reset(task);
+        let mut env = cfg.env_spec().make(task);
+        let mut obs = env.try_reset(task)?;
         let mut history: Vec<(String, String)> = Vec::new();
         for _ in 0..horizon {
-            let prompt =
-                policy.render(&PromptContext { history: &history, observation: &obs.text, admissible: &obs.admissible });
+            let prompt = policy.render(&PromptContext {
+                history: &history,
+                observation: &obs.text,
+                admissible: &obs.admissible,
+            });
             let scored = memo.score(policy, prompt, &obs.admissible)?;
             let i = policy.pick_greedy(scored);
             let action = obs.admissible[i].clone();
-            let out = env.step(&action);
+            let out = env.try_step(&action)?;
             if out.done {
                 wins += usize::from(out.success);
                 break;
@@ -268,8 +342,8 @@ fn run_one(
     memo: &mut ScoreMemo,
 ) -> Result<LmRollout, TrainError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut env = make_env_with_seed(cfg.env, seed);
-    let mut obs = env.reset(task);
+    let mut env = cfg.env_spec().make(seed);
+    let mut obs = env.try_reset(task)?;
     let mut rows = Vec::new();
     let mut prompts = Vec::new();
     let mut history: Vec<(String, String)> = Vec::new();
@@ -280,7 +354,7 @@ fn run_one(
         let scored = memo.score(policy, prompt.clone(), &obs.admissible)?.to_vec();
         let act = SmolLmPolicy::sample(scored, cfg.temperature, &mut rng)?;
         let action = obs.admissible[act.index].clone();
-        let out = env.step(&action);
+        let out = env.try_step(&action)?;
         history.push((obs.text.clone(), action.clone()));
         rows.push(CollectedRow {
             observation: std::mem::take(&mut obs.text),
