@@ -46,5 +46,10 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group! {
+    name = benches;
+    // No plots: the CI image has no fonts for criterion's plotters backend.
+    config = Criterion::default().without_plots();
+    targets = bench
+}
 criterion_main!(benches);

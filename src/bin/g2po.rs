@@ -17,6 +17,9 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process, so the size of the largest variant (`train` with the SmolLM2
+// options) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Compute per-row advantages of a rollout file (JSONL rows or a conformance-vector file).
@@ -449,7 +452,9 @@ fn train(args: &TrainArgs) -> Result<bool, TrainError> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut write_err = None;
-    // One JSONL line per iteration; the SmolLM2 trainer adds its time profile as `lm_profile`.
+    // One JSONL line per iteration, flushed at once: an iteration of the SmolLM2 policy takes
+    // minutes, so the log is how a long run is followed (and what survives if it is stopped).
+    // The SmolLM2 trainer adds its time profile as `lm_profile`.
     let mut on_log = |l: &g2po::train::IterationLog, profile: Option<&g2po::train::LmProfile>| {
         bar.inc(1);
         bar.set_message(format!(
@@ -464,7 +469,7 @@ fn train(args: &TrainArgs) -> Result<bool, TrainError> {
             if let (Some(p), Some(obj)) = (profile, line.as_object_mut()) {
                 obj.insert("lm_profile".into(), serde_json::to_value(p).expect("profiles serialise"));
             }
-            if let Err(e) = writeln!(w, "{line}") {
+            if let Err(e) = writeln!(w, "{line}").and_then(|_| w.flush()) {
                 write_err = Some(e);
             }
         }
