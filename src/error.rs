@@ -225,6 +225,48 @@ pub enum Error {
         /// What the parser said.
         message: String,
     },
+    /// A row of an input file was rejected: the row's 1-based line, the
+    /// reason in the file's terms (other rows named by their lines), and the
+    /// typed error about the row.
+    ///
+    /// ```
+    /// let text = "{\"group\": \"g\", \"traj\": \"t\", \"step\": 0, \"obs\": \"s\", \"reward\": 0, \"is_action_valid\": true, \"response_len\": 1}";
+    /// match g2po::io::parse_str(text, "rows.jsonl") {
+    ///     Err(e @ g2po::Error::InFile { .. }) => {
+    ///         assert_eq!(e.to_string(), "rows.jsonl:1: missing field \"episode_reward\"");
+    ///         assert!(matches!(e.in_file(), g2po::Error::MissingField { row: 0, field: "episode_reward" }));
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// ```
+    #[error("{source_name}:{line}: {message}")]
+    InFile {
+        /// File name (or the name given to the parser).
+        source_name: String,
+        /// 1-based line where the row starts.
+        line: usize,
+        /// What is wrong, in the file's terms.
+        message: String,
+        /// The typed error, with the row's 0-based index.
+        error: Box<Error>,
+    },
+    /// A row gives both anchor text (`obs`) and a precomputed `key`.
+    #[error("row {row}: both \"obs\" and \"key\" are given; a row's state is one or the other")]
+    AmbiguousAnchor {
+        /// Row index in input order.
+        row: usize,
+    },
+    /// A computed value that JSON cannot hold (NaN or infinite); the writer
+    /// refuses it rather than writing `null`.
+    #[error("row {row}: computed {field} is not finite ({value}); nothing was written")]
+    NonFiniteOutput {
+        /// Row index.
+        row: usize,
+        /// Output field.
+        field: &'static str,
+        /// The value.
+        value: f32,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -234,6 +276,61 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// The 0-based row an error is about, if it is about one row.
+    ///
+    /// ```
+    /// assert_eq!(g2po::Error::MissingField { row: 4, field: "obs" }.row(), Some(4));
+    /// assert_eq!(g2po::Error::EmptyBatch.row(), None);
+    /// ```
+    pub fn row(&self) -> Option<usize> {
+        // Exhaustive on purpose: a new variant must say whether it names a row.
+        match self {
+            Error::NonFinite { row, .. }
+            | Error::RewardOutOfRange { row, .. }
+            | Error::ReturnOutOfRange { row, .. }
+            | Error::IdOutOfRange { row, .. }
+            | Error::BadAdvantages { row, .. }
+            | Error::Negative { row, .. }
+            | Error::DuplicateStep { row, .. }
+            | Error::StepOutOfOrder { row, .. }
+            | Error::TrajectoryInTwoGroups { row, .. }
+            | Error::EpisodeRewardMismatch { row, .. }
+            | Error::MixedAnchors { row }
+            | Error::MissingField { row, .. }
+            | Error::ResponseTooLong { row, .. }
+            | Error::AmbiguousAnchor { row }
+            | Error::NonFiniteOutput { row, .. } => Some(*row),
+            Error::InFile { error, .. } => error.row(),
+            Error::EmptyBatch
+            | Error::EmptyTrajectory { .. }
+            | Error::LengthMismatch { .. }
+            | Error::UnknownGroup(_)
+            | Error::InvalidParameter { .. }
+            | Error::GroupTooSmall { .. }
+            | Error::TooFewTokens { .. }
+            | Error::LayoutTooLarge { .. }
+            | Error::SimilarityNeedsText
+            | Error::Parse { .. }
+            | Error::Io { .. } => None,
+        }
+    }
+
+    /// The error inside an [`Error::InFile`] (the typed reason, with the
+    /// row's index); any other error itself.
+    ///
+    /// ```
+    /// let e = g2po::Error::EmptyBatch;
+    /// assert!(matches!(e.in_file(), g2po::Error::EmptyBatch));
+    /// ```
+    pub fn in_file(&self) -> &Error {
+        match self {
+            Error::InFile { error, .. } => error,
+            other => other,
+        }
+    }
 }
 
 /// Shorthand for results of this crate.

@@ -41,8 +41,17 @@ fn jsonl_line(traj: &str, step: i64, patch: impl FnOnce(&mut serde_json::Map<Str
     obj.to_string()
 }
 
+/// Row errors from a file come as `InFile` (`file:LINE: ...`); the typed
+/// reason, with the row's index, is inside.
 fn parse(text: &str) -> Result<g2po::io::Input, Error> {
-    g2po::io::parse_str(text, "input.jsonl")
+    g2po::io::parse_str(text, "input.jsonl").map_err(|e| match e {
+        Error::InFile { source_name, line, message, error } => {
+            assert_eq!(source_name, "input.jsonl");
+            assert!(line >= 1 && !message.starts_with("row "), "{message}");
+            *error
+        }
+        other => other,
+    })
 }
 
 // ---------------------------------------------------------------- batch shape

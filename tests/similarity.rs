@@ -8,8 +8,9 @@
 //! `tests/data/make_difflib_fixtures.py`. A threshold of 0.9 or 0.95 sits
 //! close to typical ratios, so the ratio must match to 1e-12, not roughly.
 
-use g2po::keys::similarity::{Matcher, cluster, ratio};
+use g2po::keys::similarity::{Matcher, cluster, cluster_unpruned, quick_ratio, ratio, real_quick_ratio};
 use g2po::{AdvantageEstimator, Anchor, Estimator, EstimatorConfig, EstimatorKind, Grouping, Normalization, Step};
+use proptest::prelude::*;
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
@@ -175,4 +176,129 @@ fn gigpo_similarity_never_merges_across_groups() {
     // Step groups are numbered batch-wide: one per group here.
     assert_eq!(adv.node, vec![0, 1]);
     assert_eq!(adv.step, vec![0.0, 0.0]);
+}
+
+// ---------------------------------------------------------------- bounds and pruned clustering
+
+#[test]
+fn quick_ratios_match_cpython_and_bound_the_ratio() {
+    let doc = fixture("difflib_bounds.json");
+    let pairs = doc["pairs"].as_array().unwrap();
+    assert!(pairs.len() >= 400);
+    let mut failures = Vec::new();
+    for (i, p) in pairs.iter().enumerate() {
+        let (a, b) = (p["a"].as_str().unwrap(), p["b"].as_str().unwrap());
+        let (want_q, want_rq) = (p["quick_ratio"].as_f64().unwrap(), p["real_quick_ratio"].as_f64().unwrap());
+        let (q, rq, r) = (quick_ratio(a, b), real_quick_ratio(a, b), ratio(a, b));
+        if q != want_q || rq != want_rq {
+            failures.push(format!("pair {i}: quick {q} (want {want_q}), real quick {rq} (want {want_rq})"));
+        }
+        // The chain the pruning relies on.
+        assert!(r <= q && q <= rq, "pair {i}: {r} <= {q} <= {rq}");
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Some pairs must be pruned by each bound at GiGPO's thresholds, or the
+    // fixture would not exercise them.
+    assert!(pairs.iter().any(|p| p["real_quick_ratio"].as_f64().unwrap() < 0.95));
+    assert!(
+        pairs
+            .iter()
+            .any(|p| { p["quick_ratio"].as_f64().unwrap() < 0.95 && p["real_quick_ratio"].as_f64().unwrap() >= 0.95 })
+    );
+}
+
+#[test]
+fn pruned_clustering_matches_cpython_across_blocks() {
+    let doc = fixture("difflib_bounds.json");
+    let case = &doc["large_cluster"];
+    let texts: Vec<&str> = case["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    // More than two of the implementation's blocks of 256 texts, with repeats.
+    assert!(texts.len() > 512);
+    let distinct: std::collections::HashSet<&str> = texts.iter().copied().collect();
+    assert!(distinct.len() < texts.len());
+    for (threshold, ids) in case["ids"].as_object().unwrap() {
+        let threshold: f64 = threshold.parse().unwrap();
+        let want: Vec<u32> = ids.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let (got, n) = cluster(texts.iter().copied(), threshold);
+        assert_eq!(got, want, "threshold {threshold}");
+        assert_eq!(n, want.iter().max().unwrap() + 1);
+        // A cluster opened in a later block than some of its members' ...
+        // i.e. merges happen well after the first block.
+        assert!(want[300..].iter().any(|&c| (c as usize) < 50), "no late merge into an early cluster");
+    }
+}
+
+#[test]
+fn clustering_does_not_depend_on_the_thread_count() {
+    let doc = fixture("difflib_bounds.json");
+    let texts: Vec<&str> =
+        doc["large_cluster"]["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    let a = one.install(|| cluster(texts.iter().copied(), 0.9));
+    let b = three.install(|| cluster(texts.iter().copied(), 0.9));
+    assert_eq!(a, b);
+}
+
+/// Texts built from a few templates by small edits (so clusters merge and
+/// split near the threshold), long enough for autojunk or short, some
+/// non-ASCII, some repeated.
+fn edited_texts() -> impl Strategy<Value = Vec<String>> {
+    const BASES: [&str; 4] = [
+        "You are in the middle of a room. Looking quickly around you, you see a cabinet 1, a countertop 2, a drawer 3, \
+         a fridge 1, a garbagecan 1, a microwave 1, a shelf 3, a sinkbasin 1, a stoveburner 4, and a toaster 1. \
+         Your task is to: put a clean mug in coffeemachine.",
+        "You arrive at fridge 1. The fridge 1 is open. In it, you see a apple 2, a egg 1, a lettuce 3, and a tomato 1.",
+        "Nothing happens.",
+        "Vous êtes dans la cuisine. Vous voyez un réfrigérateur 1, une étagère 2 et un évier 1. Tâche : ranger la tasse.",
+    ];
+    let edit = (any::<u16>(), 0..3u8, prop::sample::select(vec!['a', 'e', ' ', '1', '7', 'é', ',', 'x']));
+    let text = (0..BASES.len(), prop::collection::vec(edit, 0..8)).prop_map(|(base, edits)| {
+        let mut chars: Vec<char> = BASES[base].chars().collect();
+        for (pos, kind, c) in edits {
+            let i = pos as usize % (chars.len() + 1);
+            match kind {
+                0 if i < chars.len() => chars[i] = c,
+                1 => chars.insert(i, c),
+                _ if i < chars.len() => {
+                    chars.remove(i);
+                }
+                _ => {}
+            }
+        }
+        chars.into_iter().collect::<String>()
+    });
+    prop::collection::vec(text, 1..40).prop_flat_map(|texts| {
+        let n = texts.len();
+        // Repeat some texts exactly.
+        (Just(texts), prop::collection::vec((0..n, 0..n), 0..6)).prop_map(|(mut texts, copies)| {
+            for (from, to) in copies {
+                texts[to] = texts[from].clone();
+            }
+            texts
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn pruned_clustering_equals_the_unpruned_definition(
+        texts in edited_texts(),
+        threshold in prop_oneof![0.0..=1.0f64, Just(0.95), Just(0.9), Just(1.0), Just(0.0)],
+    ) {
+        let pruned = cluster(texts.iter().map(String::as_str), threshold);
+        let plain = cluster_unpruned(texts.iter().map(String::as_str), threshold);
+        prop_assert_eq!(pruned, plain);
+    }
+
+    #[test]
+    fn bounds_never_fall_below_the_ratio(texts in edited_texts()) {
+        for a in &texts {
+            let b = &texts[0];
+            let r = ratio(a, b);
+            prop_assert!(r <= quick_ratio(a, b) && quick_ratio(a, b) <= real_quick_ratio(a, b));
+        }
+    }
 }

@@ -171,7 +171,8 @@ pub trait Environment: Send {
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum EnvError {
     /// The name does not denote an environment kind.
-    #[error("unknown environment {0:?} (expected chain, lost-robot, household or low-overlap)")]
+    // Listed from `EnvKind::ALL`, so a new environment cannot be left out.
+    #[error("unknown environment {0:?} (expected one of: {names})", names = EnvKind::ALL.map(EnvKind::as_str).join(", "))]
     UnknownEnv(String),
     /// A constructor parameter is out of range.
     #[error("invalid parameter {name}: {reason}")]
@@ -375,7 +376,11 @@ mod tests {
         for k in EnvKind::ALL {
             assert_eq!(k.to_string().parse::<EnvKind>().unwrap(), k);
         }
-        assert!(matches!("Chain".parse::<EnvKind>(), Err(EnvError::UnknownEnv(_))));
+        let err = "Chain".parse::<EnvKind>().unwrap_err();
+        assert!(matches!(err, EnvError::UnknownEnv(_)));
+        for k in EnvKind::ALL {
+            assert!(err.to_string().contains(k.as_str()), "{err} does not list {k}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The `g2po` command-line tool.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -66,25 +66,25 @@ struct TrainArgs {
     #[arg(long, default_value = "fixed:30")]
     curriculum: g2po::curriculum::Curriculum,
     /// Iterations (one update each).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_one::<usize>)]
     iterations: usize,
     /// Task groups per iteration.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one::<usize>)]
     tasks: usize,
     /// Rollouts per task (group size N).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one::<usize>)]
     rollouts: usize,
     /// Held-out evaluation tasks (0 disables evaluation).
     #[arg(long, default_value_t = 8)]
     eval_tasks: usize,
     /// Evaluation turn cap (default: the current curriculum cap).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one::<usize>)]
     eval_horizon: Option<usize>,
     /// Rollout sampling temperature.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     temperature: f64,
     /// Learning rate.
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, default_value_t = 1e-2, allow_negative_numbers = true)]
     lr: f64,
     /// Seed.
     #[arg(long, default_value_t = 0)]
@@ -93,7 +93,7 @@ struct TrainArgs {
     #[arg(long)]
     anchor_from_key: bool,
     /// Draw training tasks from the fixed pool of task seeds `0..N` (default: fresh seeds).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one::<u64>)]
     task_pool: Option<u64>,
     /// Evaluate on the first `--eval-tasks` seeds of the training pool instead of held-out ones.
     #[arg(long)]
@@ -211,25 +211,25 @@ struct EstimatorArgs {
     #[arg(long, value_parser = parse_kind)]
     estimator: Option<EstimatorKind>,
     /// Discount gamma.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     gamma: Option<f64>,
     /// Epsilon added to the std.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     epsilon: Option<f64>,
     /// mean_std_norm or mean_norm.
     #[arg(long, value_parser = parse_norm)]
     mode: Option<Normalization>,
     /// Weight w of the step / graph terms.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     step_weight: Option<f64>,
     /// Penalty p for an invalid action.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     invalid_penalty: Option<f64>,
     /// Episode statistics over rows or trajectories.
     #[arg(long, value_parser = parse_stats)]
     stats_over: Option<StatsOver>,
     /// Fuse states by difflib similarity at this threshold instead of exact keys.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     similarity: Option<f64>,
     /// Canonicalise anchor text before hashing.
     #[arg(long, value_enum, default_value_t = Canon::None)]
@@ -242,6 +242,16 @@ enum Canon {
     None,
     /// Strip turn prefixes and move counters, collapse whitespace.
     TextEnv,
+}
+
+/// A count that must be at least 1, checked where the flag is read so the
+/// message names the flag (`--tasks`), not the configuration field behind it.
+fn at_least_one<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
+    let n: u64 = s.trim().parse().map_err(|_| format!("expected a whole number of at least 1, got {s:?}"))?;
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    T::try_from(n).map_err(|_| format!("{n} is too large"))
 }
 
 fn parse_kind(s: &str) -> Result<EstimatorKind, String> {
@@ -288,13 +298,13 @@ struct AdvantagesArgs {
     /// Rollout rows: JSONL, or a conformance-vector JSON file.
     #[arg(long)]
     input: PathBuf,
-    /// Where to write the JSONL advantages ("-" for stdout).
+    /// Where to write the JSONL advantages ("-" for stdout); never the input file.
     #[arg(long, default_value = "-")]
     output: PathBuf,
     /// Compare with the vector file's expected rows (tolerance 1e-4); exit 1 on a mismatch.
     #[arg(long)]
     check: bool,
-    /// How many groups to summarise on stderr.
+    /// How many groups to summarise on stderr (0: no summary).
     #[arg(long, default_value_t = 8)]
     summary_groups: usize,
     #[command(flatten)]
@@ -312,7 +322,7 @@ struct GraphArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
     format: GraphFormat,
-    /// Where to write it ("-" for stdout).
+    /// Where to write it ("-" for stdout); never the input file.
     #[arg(long, default_value = "-")]
     output: PathBuf,
     #[command(flatten)]
@@ -325,97 +335,274 @@ enum GraphFormat {
     Json,
 }
 
-fn open_output(path: &PathBuf) -> g2po::Result<Box<dyn Write>> {
-    if path.as_os_str() == "-" {
-        return Ok(Box::new(std::io::BufWriter::new(std::io::stdout().lock())));
-    }
-    let file =
-        std::fs::File::create(path).map_err(|source| g2po::Error::Io { path: path.display().to_string(), source })?;
-    Ok(Box::new(std::io::BufWriter::new(file)))
+/// Where a command writes: stdout, a regular file (replaced whole, through a
+/// temporary file in its folder and a rename), or something else that
+/// exists, such as a device or a pipe (written in place: it cannot be
+/// renamed over).
+enum Destination {
+    Stdout,
+    Replace(PathBuf),
+    InPlace(PathBuf),
 }
 
-fn io_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> g2po::Error + '_ {
+impl Destination {
+    /// Refuses the input file itself, by any path: comparing file identity
+    /// catches symlinks, `./`, `..` and hard links, which comparing names
+    /// would miss.
+    fn new(output: &Path, input: &Path) -> g2po::Result<Self> {
+        if output.as_os_str() == "-" {
+            return Ok(Destination::Stdout);
+        }
+        if same_file(output, input) {
+            return Err(g2po::Error::InvalidParameter {
+                name: "output",
+                reason: format!(
+                    "{} is the input file ({}); writing there would destroy the rollouts, choose another path",
+                    output.display(),
+                    input.display()
+                ),
+            });
+        }
+        Ok(match std::fs::metadata(output) {
+            Ok(meta) if !meta.is_file() && !meta.is_dir() => Destination::InPlace(output.to_owned()),
+            // Write through a symlink to the file it names.
+            Ok(_) => Destination::Replace(std::fs::canonicalize(output).map_err(io_err(output))?),
+            Err(_) => Destination::Replace(output.to_owned()),
+        })
+    }
+
+    /// Runs `write` into the destination. A file is first written beside its
+    /// target and renamed over it only when `write` succeeded, so a failure
+    /// leaves no partial file (the old one, if any, is kept).
+    fn write(&self, write: impl FnOnce(&mut dyn Write) -> g2po::Result<()>) -> g2po::Result<()> {
+        match self {
+            Destination::Stdout => {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                write(&mut out).and_then(|()| out.flush().map_err(io_err(Path::new("<stdout>"))))
+            }
+            Destination::InPlace(path) => {
+                let file = std::fs::OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+                let mut out = std::io::BufWriter::new(file);
+                write(&mut out).map_err(|e| relabel(e, path))?;
+                out.flush().map_err(io_err(path))
+            }
+            Destination::Replace(path) => {
+                let mut temp = temp_beside(path).map_err(io_err(path))?;
+                {
+                    let mut out = std::io::BufWriter::with_capacity(1 << 20, temp.as_file_mut());
+                    write(&mut out).map_err(|e| relabel(e, path))?;
+                    out.flush().map_err(io_err(path))?;
+                }
+                temp.persist(path)
+                    .map_err(|e| g2po::Error::Io { path: path.display().to_string(), source: e.error })?;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        #[cfg(unix)]
+        (Ok(x), Ok(y)) => {
+            use std::os::unix::fs::MetadataExt;
+            x.dev() == y.dev() && x.ino() == y.ino()
+        }
+        #[cfg(not(unix))]
+        (Ok(_), Ok(_)) => std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok(),
+        _ => false,
+    }
+}
+
+/// A temporary file beside `path`, with the permissions `File::create`
+/// would give: the old file's, else 0o666 less the umask (tempfile's own
+/// default, 0o600, would make outputs private).
+fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".g2po-").suffix(".tmp");
+    if let Ok(meta) = std::fs::metadata(path) {
+        builder.permissions(meta.permissions());
+    } else {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(std::fs::Permissions::from_mode(0o666));
+        }
+    }
+    builder.tempfile_in(dir)
+}
+
+/// The library's writer names no path; give its I/O errors the real one.
+fn relabel(err: g2po::Error, path: &Path) -> g2po::Error {
+    match err {
+        g2po::Error::Io { source, .. } => g2po::Error::Io { path: path.display().to_string(), source },
+        other => other,
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> g2po::Error + '_ {
     move |source| g2po::Error::Io { path: path.display().to_string(), source }
 }
 
 fn advantages(args: &AdvantagesArgs) -> g2po::Result<bool> {
+    let destination = Destination::new(&args.output, &args.input)?;
     let input = g2po::io::read_path(&args.input)?;
-    let config = args.estimator.config(input.header.as_ref().map(|h| &h.config));
-    let estimator = args.estimator.estimator(config)?;
-    let adv = estimator.estimate(&input.batch)?;
-    let mut out = open_output(&args.output)?;
-    g2po::io::write_jsonl(&adv, &mut out).and_then(|_| out.flush()).map_err(io_err(&args.output))?;
-
-    let batch = &input.batch;
-    eprintln!(
-        "{}: {} rows, {} trajectories, {} groups",
-        estimator.name(),
-        batch.len(),
-        batch.num_trajectories(),
-        batch.num_groups()
-    );
-    // The graph summary always describes the G2PO state graph, whatever the
-    // estimator, because it is what tells a user whether states overlap.
-    let graph_adv = if config.kind == EstimatorKind::G2po {
-        adv.clone()
-    } else {
-        args.estimator.estimator(EstimatorConfig { kind: EstimatorKind::G2po, ..config })?.estimate(batch)?
-    };
-    for group in 0..batch.num_groups().min(args.summary_groups) {
-        let s = StateGraph::build(batch, &graph_adv, group)?.stats();
-        eprintln!(
-            "  group {}: {} rows, {} states, {} edges, {:.2} visits/state, {:.0}% single-visit rows, {} self-loops, {}",
-            batch.group_ids()[group],
-            s.rows,
-            s.states,
-            s.edges,
-            s.mean_visits_per_node,
-            100.0 * s.single_visit_fraction,
-            s.self_loops,
-            if s.has_cycles { "cycles" } else { "acyclic" }
-        );
-    }
-    if batch.num_groups() > args.summary_groups {
-        eprintln!("  ... {} more groups", batch.num_groups() - args.summary_groups);
-    }
-    if args.check {
-        let Some(header) = &input.header else {
+    // Fail before computing or writing anything.
+    let expected = match (&input.header, args.check) {
+        (_, false) => None,
+        (Some(header), true) if !header.expected.is_empty() => Some(&header.expected),
+        _ => {
             return Err(g2po::Error::InvalidParameter {
                 name: "check",
-                reason: "--check needs a conformance-vector file with expected rows".into(),
+                reason: format!(
+                    "--check needs a conformance-vector file with \"expected\" rows; {} has none",
+                    args.input.display()
+                ),
             });
-        };
-        let cmp = g2po::io::compare(&adv, &header.expected);
-        let ok = cmp.passes(1e-4);
-        eprintln!(
-            "check: {} values compared, max abs error {:.3e}{}, {} id mismatches, {} problems: {}",
-            cmp.compared,
-            cmp.max_abs_error,
-            cmp.worst.map(|(r, f)| format!(" (row {r}, {f})")).unwrap_or_default(),
-            cmp.id_mismatches.len(),
-            cmp.problems.len(),
-            if ok { "PASS" } else { "FAIL" }
-        );
-        return Ok(ok);
+        }
+    };
+    let config = args.estimator.config(input.header.as_ref().map(|h| &h.config));
+    let estimator = args.estimator.estimator(config)?;
+    let adv = estimator.estimate(&input.batch).map_err(|e| input.locate(e))?;
+    destination.write(|out: &mut dyn Write| g2po::io::write_jsonl(&adv, out)).map_err(|e| input.locate(e))?;
+    summarise(&input, &adv, estimator.name(), args.summary_groups)?;
+    let ok = match expected {
+        Some(expected) => report_check(&input, &g2po::io::compare(&adv, expected)),
+        None => true,
+    };
+    // The process ends next: handing a large batch's buffers back to the
+    // allocator one by one would only cost time.
+    std::mem::forget(adv);
+    std::mem::forget(input);
+    Ok(ok)
+}
+
+/// The stderr summary, computed for the groups it shows only, from what the
+/// estimator produced: rows and trajectories for every estimator, states for
+/// those that find states (GiGPO's step groups, G2PO's nodes), and the
+/// graph's edges, self-loops and cycles for G2PO.
+fn summarise(input: &g2po::io::Input, adv: &g2po::Advantages, name: &str, groups: usize) -> g2po::Result<()> {
+    if groups == 0 {
+        return Ok(());
     }
-    Ok(true)
+    let batch = &input.batch;
+    eprintln!("{name}: {} rows, {} trajectories, {} groups", batch.len(), batch.num_trajectories(), batch.num_groups());
+    let has_graph = adv.next_node.len() == batch.len() && adv.node_value.len() == batch.len();
+    let has_states = adv.node.len() == batch.len();
+    for group in 0..batch.num_groups().min(groups) {
+        let rows = batch.group_rows(group);
+        let trajectories = rows.iter().filter(|&&r| batch.steps()[r as usize] == 0).count();
+        let mut line =
+            format!("  group {}: {} rows, {trajectories} trajectories", batch.group_ids()[group], rows.len());
+        if has_graph {
+            let s = StateGraph::build(batch, adv, group)?.stats();
+            line += &format!(
+                ", {} states, {} edges, {:.2} visits/state, {:.0}% single-visit rows, {} self-loops, {}",
+                s.states,
+                s.edges,
+                s.mean_visits_per_node,
+                100.0 * s.single_visit_fraction,
+                s.self_loops,
+                if s.has_cycles { "cycles" } else { "acyclic" }
+            );
+        } else if has_states {
+            let mut visits: std::collections::HashMap<i32, u32> = std::collections::HashMap::new();
+            for &r in rows {
+                *visits.entry(adv.node[r as usize]).or_default() += 1;
+            }
+            let single = visits.values().filter(|&&v| v == 1).count();
+            line += &format!(
+                ", {} step groups, {:.2} visits/group, {:.0}% single-visit rows",
+                visits.len(),
+                rows.len() as f64 / visits.len() as f64,
+                100.0 * single as f64 / rows.len() as f64
+            );
+        }
+        eprintln!("{line}");
+    }
+    if batch.num_groups() > groups {
+        eprintln!("  ... {} more groups", batch.num_groups() - groups);
+    }
+    Ok(())
+}
+
+/// Prints the comparison with the file's expected rows, naming each value
+/// that disagrees (expected against computed) at its row's line.
+fn report_check(input: &g2po::io::Input, cmp: &g2po::io::Comparison) -> bool {
+    const SHOWN: usize = 10;
+    let ok = cmp.passes(g2po::io::CHECK_TOLERANCE);
+    eprintln!(
+        "check: {} values compared, max abs error {:.3e}{}, {} id mismatches, {} problems: {}",
+        cmp.compared,
+        cmp.max_abs_error,
+        cmp.worst.as_ref().map(|(r, f)| format!(" (row {r}, {f})")).unwrap_or_default(),
+        cmp.id_mismatches.len(),
+        cmp.problems.len(),
+        if ok { "PASS" } else { "FAIL" }
+    );
+    let at = |row: usize| match input.line(row) {
+        Some(line) => format!("{}:{line} (row {row})", input.source_name()),
+        None => format!("row {row}"),
+    };
+    let mut details: Vec<String> = cmp
+        .mismatches
+        .iter()
+        .map(|m| {
+            format!(
+                "{}: {}: expected {}, computed {} (off by {:.3e})",
+                at(m.row),
+                m.field,
+                m.expected,
+                m.computed,
+                (m.expected - m.computed).abs()
+            )
+        })
+        .collect();
+    details.extend(
+        cmp.id_mismatches
+            .iter()
+            .map(|(row, field, want, got)| format!("{}: {field}: expected {want}, computed {got}", at(*row))),
+    );
+    details.extend(cmp.problems.iter().cloned());
+    for detail in details.iter().take(SHOWN) {
+        eprintln!("  {detail}");
+    }
+    if details.len() > SHOWN {
+        eprintln!("  ... and {} more", details.len() - SHOWN);
+    }
+    ok
 }
 
 fn graph(args: &GraphArgs) -> g2po::Result<bool> {
+    // The graph is G2PO's by definition (nodes, values, TD edges); another
+    // estimator has no graph to draw, so asking for one is an error, not a
+    // silent substitution.
+    if let Some(kind) = args.estimator.estimator.filter(|&k| k != EstimatorKind::G2po) {
+        return Err(g2po::Error::InvalidParameter {
+            name: "estimator",
+            reason: format!("`graph` draws G2PO's state graph; {kind} has none (omit --estimator, or pass g2po)"),
+        });
+    }
+    let destination = Destination::new(&args.output, &args.input)?;
     let input = g2po::io::read_path(&args.input)?;
     let config = EstimatorConfig {
         kind: EstimatorKind::G2po,
         ..args.estimator.config(input.header.as_ref().map(|h| &h.config))
     };
-    let adv = args.estimator.estimator(config)?.estimate(&input.batch)?;
+    let adv = args.estimator.estimator(config)?.estimate(&input.batch).map_err(|e| input.locate(e))?;
     let group = input.batch.group_index_of(&args.group).ok_or_else(|| g2po::Error::UnknownGroup(args.group.clone()))?;
     let graph = StateGraph::build(&input.batch, &adv, group)?;
     let text = match args.format {
         GraphFormat::Dot => graph.to_dot(),
         GraphFormat::Json => format!("{:#}\n", graph.to_json()),
     };
-    let mut out = open_output(&args.output)?;
-    out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(io_err(&args.output))?;
+    destination.write(|out: &mut dyn Write| {
+        out.write_all(text.as_bytes()).map_err(|source| g2po::Error::Io { path: "<output>".into(), source })
+    })?;
     Ok(true)
 }
 

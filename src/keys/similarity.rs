@@ -1,6 +1,6 @@
 //! Similarity of observation texts with the exact semantics of Python's
 //! `difflib.SequenceMatcher(None, a, b).ratio()`, which GiGPO's similarity
-//! mode uses.
+//! mode uses, and GiGPO's greedy clustering built on it.
 //!
 //! Exactness matters more than elegance here: a threshold of 0.95 sits close
 //! to typical ratios, so every detail of difflib is kept — sequences of
@@ -10,8 +10,38 @@
 //! over it); the longest match chosen with the smallest `i`, then the smallest
 //! `j`; and the recursion on both sides of each match. The ratio is
 //! `2 * M / (len(a) + len(b))` with `M` the total size of the matching blocks.
+//!
+//! # Clustering at scale
+//!
+//! [`cluster`] gives exactly the assignment of the plain greedy loop
+//! ([`cluster_unpruned`]: each text joins the first cluster whose first
+//! member has `ratio(text, member) >= threshold`), but compares far less:
+//! - A text seen before gets the earlier copy's answer: the ratios against
+//!   every representative before its cluster are the same.
+//! - Before the full ratio, three upper bounds of `M` are tried, cheapest
+//!   first; a pair whose bound gives a ratio below the threshold cannot match.
+//!   All three hold whatever autojunk removes, because matching blocks pair
+//!   equal code points, in order, without overlap: the shorter length
+//!   (difflib's `real_quick_ratio`), the overlap of the two character
+//!   histograms (its `quick_ratio`; non-ASCII code points share the 32
+//!   control-character buckets, which can only raise the overlap), and the
+//!   longest common subsequence (bit-parallel, 64 positions per machine word,
+//!   restricted to the diagonal band a matching of the needed size must stay
+//!   in, and abandoned once it can no longer reach that size). Each bound is
+//!   compared with the fewest matches whose ratio, in the same floating-point
+//!   expression, reaches the threshold, so "bound too small" implies
+//!   "ratio < threshold" exactly.
+//! - Texts are taken in blocks. Each new text of a block looks for its first
+//!   match among the representatives that existed before the block, in
+//!   parallel across the block's texts; then, in order, a text without such a
+//!   match is compared with the representatives opened earlier in the same
+//!   block. A match found in the first pass is always the first match: every
+//!   representative opened in the block comes after it.
+
+use std::cell::OnceCell;
 
 use ahash::AHashMap;
+use rayon::prelude::*;
 
 /// A prepared second sequence `b`, reusable against many `a`.
 ///
@@ -35,7 +65,10 @@ impl Matcher {
     /// assert_eq!(m.ratio(""), 1.0);
     /// ```
     pub fn new(b: &str) -> Self {
-        let b: Vec<char> = b.chars().collect();
+        Self::from_chars(b.chars().collect())
+    }
+
+    fn from_chars(b: Vec<char>) -> Self {
         let mut b2j: AHashMap<char, Vec<usize>> = AHashMap::new();
         for (j, &c) in b.iter().enumerate() {
             b2j.entry(c).or_default().push(j);
@@ -56,15 +89,18 @@ impl Matcher {
     /// ```
     pub fn ratio(&self, a: &str) -> f64 {
         let a: Vec<char> = a.chars().collect();
-        let total = a.len() + self.b.len();
-        if total == 0 {
-            return 1.0;
-        }
-        2.0 * self.matching_size(&a) as f64 / total as f64
+        self.ratio_chars(&a)
+    }
+
+    fn ratio_chars(&self, a: &[char]) -> f64 {
+        ratio_of(self.matching_size(a), a.len(), self.b.len())
     }
 
     /// Total size of difflib's matching blocks between `a` and `b`.
     fn matching_size(&self, a: &[char]) -> usize {
+        // Each element's positions in b, looked up once rather than once per
+        // recursive call.
+        let positions: Vec<&[usize]> = a.iter().map(|c| self.b2j.get(c).map_or(&[][..], Vec::as_slice)).collect();
         let mut scratch = Scratch {
             j2len: vec![0; self.b.len() + 1],
             new_j2len: vec![0; self.b.len() + 1],
@@ -74,7 +110,7 @@ impl Matcher {
         let mut queue = vec![(0, a.len(), 0, self.b.len())];
         let mut matched = 0;
         while let Some((alo, ahi, blo, bhi)) = queue.pop() {
-            let (i, j, k) = self.longest_match(a, alo, ahi, blo, bhi, &mut scratch);
+            let (i, j, k) = self.longest_match(a, &positions, alo, ahi, blo, bhi, &mut scratch);
             if k > 0 {
                 matched += k;
                 if alo < i && blo < j {
@@ -90,9 +126,11 @@ impl Matcher {
 
     /// difflib's `find_longest_match` with no junk function: the b2j scan over
     /// non-popular elements, then extension over equal elements on both sides.
+    #[allow(clippy::too_many_arguments)]
     fn longest_match(
         &self,
         a: &[char],
+        positions: &[&[usize]],
         alo: usize,
         ahi: usize,
         blo: usize,
@@ -105,24 +143,22 @@ impl Matcher {
             s.j2len[t] = 0;
         }
         s.touched.clear();
-        for (i, element) in a.iter().enumerate().take(ahi).skip(alo) {
+        for (i, js) in positions.iter().enumerate().take(ahi).skip(alo) {
             s.new_touched.clear();
-            if let Some(positions) = self.b2j.get(element) {
-                for &j in positions {
-                    if j < blo {
-                        continue;
-                    }
-                    if j >= bhi {
-                        break;
-                    }
-                    let k = s.j2len[j] + 1;
-                    s.new_j2len[j + 1] = k;
-                    s.new_touched.push(j + 1);
-                    if k > bestsize {
-                        besti = i + 1 - k;
-                        bestj = j + 1 - k;
-                        bestsize = k;
-                    }
+            for &j in *js {
+                if j < blo {
+                    continue;
+                }
+                if j >= bhi {
+                    break;
+                }
+                let k = s.j2len[j] + 1;
+                s.new_j2len[j + 1] = k;
+                s.new_touched.push(j + 1);
+                if k > bestsize {
+                    besti = i + 1 - k;
+                    bestj = j + 1 - k;
+                    bestsize = k;
                 }
             }
             for &t in &s.touched {
@@ -154,6 +190,17 @@ struct Scratch {
     new_touched: Vec<usize>,
 }
 
+/// difflib's ratio for `matched` elements out of `len_a + len_b`: the one
+/// expression every bound below also goes through, so that comparing bounds
+/// and ratios with a threshold agrees exactly.
+fn ratio_of(matched: usize, len_a: usize, len_b: usize) -> f64 {
+    let total = len_a + len_b;
+    if total == 0 {
+        return 1.0;
+    }
+    2.0 * matched as f64 / total as f64
+}
+
 /// `difflib.SequenceMatcher(None, a, b).ratio()`.
 ///
 /// ```
@@ -165,10 +212,303 @@ pub fn ratio(a: &str, b: &str) -> f64 {
     Matcher::new(b).ratio(a)
 }
 
+/// `difflib.SequenceMatcher(None, a, b).quick_ratio()`: the ratio if every
+/// code point of `a` could be matched with an equal one of `b`, order
+/// ignored. An upper bound of [`ratio`].
+///
+/// ```
+/// use g2po::keys::similarity::{quick_ratio, ratio};
+/// assert_eq!(quick_ratio("abcd", "dcba"), 1.0);
+/// assert!(ratio("abcd", "dcba") <= quick_ratio("abcd", "dcba"));
+/// ```
+pub fn quick_ratio(a: &str, b: &str) -> f64 {
+    let mut counts: AHashMap<char, usize> = AHashMap::new();
+    for c in b.chars() {
+        *counts.entry(c).or_default() += 1;
+    }
+    let mut matched = 0;
+    for c in a.chars() {
+        if let Some(n) = counts.get_mut(&c)
+            && *n > 0
+        {
+            *n -= 1;
+            matched += 1;
+        }
+    }
+    ratio_of(matched, a.chars().count(), b.chars().count())
+}
+
+/// `difflib.SequenceMatcher(None, a, b).real_quick_ratio()`: the ratio if
+/// all of the shorter text matched. An upper bound of [`quick_ratio`].
+///
+/// ```
+/// use g2po::keys::similarity::real_quick_ratio;
+/// assert_eq!(real_quick_ratio("ab", "abcd"), 2.0 * 2.0 / 6.0);
+/// ```
+pub fn real_quick_ratio(a: &str, b: &str) -> f64 {
+    let (la, lb) = (a.chars().count(), b.chars().count());
+    ratio_of(la.min(lb), la, lb)
+}
+
+/// The fewest matched code points with which `len_a` and `len_b` reach
+/// `threshold` (`None` if even `min(len_a, len_b)` does not). Every bound
+/// below is compared with it: `ratio_of` grows with the matched count, so
+/// "bound < need" is exactly "ratio from the bound < threshold".
+fn needed_matches(len_a: usize, len_b: usize, threshold: f64) -> Option<usize> {
+    let most = len_a.min(len_b);
+    let guess = (threshold * (len_a + len_b) as f64 / 2.0).ceil();
+    let mut need = if guess.is_nan() { most + 1 } else { guess.clamp(0.0, (most + 1) as f64) as usize };
+    while need > 0 && ratio_of(need - 1, len_a, len_b) >= threshold {
+        need -= 1;
+    }
+    while need <= most && ratio_of(need, len_a, len_b) < threshold {
+        need += 1;
+    }
+    (need <= most).then_some(need)
+}
+
+/// Histogram buckets: one per ASCII code point; the rest share the 32
+/// control-character buckets, which can only raise an overlap.
+const BUCKETS: usize = 128;
+
+fn bucket(c: char) -> usize {
+    let c = c as usize;
+    if c < 128 { c } else { c % 32 }
+}
+
+/// Code-point counts by bucket, in bytes when every count fits (the common
+/// case, and four times cheaper to compare), else in `u16`. Absent for texts
+/// so long that a count could overflow `u16`; those pairs skip this bound.
+#[derive(Debug, Clone)]
+enum Histogram {
+    Narrow(Box<[u8; BUCKETS]>),
+    Wide(Box<[u16; BUCKETS]>),
+}
+
+impl Histogram {
+    fn of(chars: &[char]) -> Option<Self> {
+        if chars.len() > u16::MAX as usize {
+            return None;
+        }
+        let mut counts = Box::new([0u16; BUCKETS]);
+        for &c in chars {
+            counts[bucket(c)] += 1;
+        }
+        if counts.iter().all(|&n| n <= u16::from(u8::MAX)) {
+            Some(Histogram::Narrow(Box::new(counts.map(|n| n as u8))))
+        } else {
+            Some(Histogram::Wide(counts))
+        }
+    }
+
+    fn wide(&self) -> [u16; BUCKETS] {
+        match self {
+            Histogram::Narrow(counts) => counts.map(u16::from),
+            Histogram::Wide(counts) => **counts,
+        }
+    }
+
+    /// An upper bound of the number of code points the two texts can match
+    /// (difflib's `quick_ratio` numerator, for ASCII exactly).
+    fn overlap(&self, other: &Self) -> usize {
+        match (self, other) {
+            (Histogram::Narrow(x), Histogram::Narrow(y)) => {
+                x.iter().zip(y.iter()).map(|(&x, &y)| u32::from(x.min(y))).sum::<u32>() as usize
+            }
+            _ => {
+                let (x, y) = (self.wide(), other.wide());
+                x.iter().zip(y.iter()).map(|(&x, &y)| u32::from(x.min(y))).sum::<u32>() as usize
+            }
+        }
+    }
+}
+
+/// Bit masks of a text's positions per code point, for a bit-parallel
+/// longest common subsequence (Allison and Dix; Hyyrö's formulation) kept to
+/// the diagonal band that any matching of the needed size must stay in.
+struct PositionMasks {
+    words: usize,
+    /// Row of masks per code point; row 0 is all zeros (code points absent
+    /// from the text).
+    masks: Vec<u64>,
+    ascii: [u32; 128],
+    other: AHashMap<char, u32>,
+}
+
+impl PositionMasks {
+    fn of(chars: &[char]) -> Self {
+        let words = chars.len().div_ceil(64);
+        let mut table = Self { words, masks: vec![0; words], ascii: [0; 128], other: AHashMap::new() };
+        for (i, &c) in chars.iter().enumerate() {
+            let row = match table.row(c) {
+                0 => {
+                    let next = (table.masks.len() / words) as u32;
+                    table.masks.resize(table.masks.len() + words, 0);
+                    if (c as usize) < 128 {
+                        table.ascii[c as usize] = next;
+                    } else {
+                        table.other.insert(c, next);
+                    }
+                    next
+                }
+                row => row,
+            };
+            table.masks[row as usize * words + i / 64] |= 1 << (i % 64);
+        }
+        table
+    }
+
+    fn row(&self, c: char) -> u32 {
+        if (c as usize) < 128 { self.ascii[c as usize] } else { self.other.get(&c).copied().unwrap_or(0) }
+    }
+
+    /// The longest common subsequence of the masked text `a` (of `len_a`
+    /// code points) and `b` that pairs `a[i]` with `b[j]` only for
+    /// `j - below <= i <= j + above`; or, as soon as the count can no longer
+    /// reach `need`, some value below `need`.
+    ///
+    /// Why the band: in a common subsequence of size `m`, the `r`-th pair
+    /// `(i, j)` has `i - r` unmatched positions of `a` before it and `j - r`
+    /// of `b`, so `-(len_b - m) <= i - j <= len_a - m`. With `m >= need`,
+    /// `above = len_a - need` and `below = len_b - need` keep every pair, so
+    /// the banded count still bounds difflib's matches from above; and the
+    /// band is narrow (under 64 positions at a threshold of 0.95 for texts
+    /// of 300 code points), so each column of `b` costs a word or two.
+    ///
+    /// Only the words under the band are updated. Below it, bits no longer
+    /// change (no match, and no carry comes up from further below); above
+    /// it, bits are still all ones, so a carry leaving the band passes
+    /// through them and out of the top, leaving them as they were.
+    fn banded_lcs(&self, len_a: usize, b: &[char], above: usize, below: usize, need: usize, v: &mut Vec<u64>) -> usize {
+        if len_a == 0 || b.is_empty() {
+            return 0;
+        }
+        v.clear();
+        v.resize(self.words, !0);
+        let lcs_in = |v: &[u64], from: usize, to: usize| -> usize {
+            v[from..=to].iter().map(|w| w.count_zeros() as usize).sum::<usize>()
+        };
+        // Matches in the words that have left the band.
+        let mut settled = 0;
+        let mut settled_words = 0;
+        for (j, &c) in b.iter().enumerate() {
+            let first = j.saturating_sub(below);
+            if first >= len_a {
+                break;
+            }
+            let last = (j + above).min(len_a - 1);
+            let (lo, hi) = (first / 64, last / 64);
+            while settled_words < lo {
+                settled += v[settled_words].count_zeros() as usize;
+                settled_words += 1;
+            }
+            let row = self.row(c) as usize;
+            if row != 0 {
+                let masks = &self.masks[row * self.words..(row + 1) * self.words];
+                let mut carry = 0u64;
+                for w in lo..=hi {
+                    let band = band_mask(w, first, last);
+                    let m = masks[w] & band;
+                    let vw = v[w];
+                    let u = vw & m;
+                    let (sum, c1) = vw.overflowing_add(u);
+                    let (sum, c2) = sum.overflowing_add(carry);
+                    carry = u64::from(c1 | c2);
+                    v[w] = sum | (vw & !m);
+                }
+            }
+            // Each remaining column adds at most one.
+            if j % 16 == 15 && settled + lcs_in(v, lo, hi) + (b.len() - 1 - j) < need {
+                return 0;
+            }
+        }
+        // Padding bits above `len_a` stay ones: zeros are matches.
+        settled + lcs_in(v, settled_words, self.words - 1)
+    }
+}
+
+/// Ones at the positions `first..=last` that fall in word `w`.
+fn band_mask(w: usize, first: usize, last: usize) -> u64 {
+    let (lo, hi) = (first.max(w * 64) - w * 64, last.min(w * 64 + 63) - w * 64);
+    let upto = if hi == 63 { !0 } else { (1u64 << (hi + 1)) - 1 };
+    upto & !((1u64 << lo) - 1)
+}
+
+/// A text ready to be compared with representatives.
+struct Query {
+    chars: Vec<char>,
+    histogram: Option<Histogram>,
+}
+
+impl Query {
+    fn new(text: &str) -> Self {
+        let chars: Vec<char> = text.chars().collect();
+        let histogram = Histogram::of(&chars);
+        Self { chars, histogram }
+    }
+}
+
+/// The first member of a cluster.
+struct Representative {
+    matcher: Matcher,
+    histogram: Option<Histogram>,
+}
+
+/// Per-thread state of a scan: the query's position masks (built on the first
+/// pair that needs them) and a work vector.
+struct ScanState {
+    masks: OnceCell<PositionMasks>,
+    lcs_work: Vec<u64>,
+}
+
+impl ScanState {
+    fn new() -> Self {
+        Self { masks: OnceCell::new(), lcs_work: Vec::new() }
+    }
+}
+
+/// Whether `ratio(query, rep) >= threshold`, trying the bounds first.
+fn matches(query: &Query, rep: &Representative, threshold: f64, state: &mut ScanState) -> bool {
+    let (la, lb) = (query.chars.len(), rep.matcher.b.len());
+    // Also the length bound (difflib's real_quick_ratio).
+    let Some(need) = needed_matches(la, lb, threshold) else {
+        return false;
+    };
+    if let (Some(q), Some(r)) = (&query.histogram, &rep.histogram)
+        && q.overlap(r) < need
+    {
+        return false;
+    }
+    let masks = state.masks.get_or_init(|| PositionMasks::of(&query.chars));
+    if masks.banded_lcs(la, &rep.matcher.b, la - need, lb - need, need, &mut state.lcs_work) < need {
+        return false;
+    }
+    rep.matcher.ratio_chars(&query.chars) >= threshold
+}
+
+/// The first of `reps[from..]` that `query` matches.
+fn first_match(query: &Query, reps: &[Representative], from: usize, threshold: f64) -> Option<usize> {
+    let mut state = ScanState::new();
+    (from..reps.len()).find(|&c| matches(query, &reps[c], threshold, &mut state))
+}
+
+/// What is known about an exact text after its first occurrence.
+#[derive(Clone, Copy)]
+enum Seen {
+    /// It joined this cluster: every later copy does too.
+    Joined(u32),
+    /// It opened this cluster: a later copy joins it if the text matches
+    /// itself at the threshold, else looks further.
+    Opened(u32),
+}
+
 /// GiGPO's greedy clustering: in order, each text joins the first cluster whose
 /// first member `rep` satisfies `ratio(text, rep) >= threshold`, else opens a
 /// new cluster. Returns the cluster index of each text (first-seen order) and
 /// the number of clusters.
+///
+/// The result is that of [`cluster_unpruned`], computed with far fewer full
+/// ratios (see the module docs) and in parallel on the rayon pool.
 ///
 /// ```
 /// use g2po::keys::similarity::cluster;
@@ -176,6 +516,105 @@ pub fn ratio(a: &str, b: &str) -> f64 {
 /// assert_eq!((ids, n), (vec![0, 0, 1], 2));
 /// ```
 pub fn cluster<'a>(texts: impl IntoIterator<Item = &'a str>, threshold: f64) -> (Vec<u32>, u32) {
+    /// Texts per block: large enough to keep the pool busy, small enough
+    /// that the in-order pass within a block stays a small share.
+    const BLOCK: usize = 256;
+    let texts: Vec<&str> = texts.into_iter().collect();
+    cluster_in_blocks(&texts, threshold, BLOCK)
+}
+
+fn cluster_in_blocks(texts: &[&str], threshold: f64, block_len: usize) -> (Vec<u32>, u32) {
+    let mut ids = vec![0u32; texts.len()];
+    let mut reps: Vec<Representative> = Vec::new();
+    let mut seen: AHashMap<&str, Seen> = AHashMap::new();
+    // Whether a representative's own text matches it at the threshold.
+    let mut self_match: Vec<Option<bool>> = Vec::new();
+
+    for (block_start, block) in
+        (0..texts.len()).step_by(block_len).map(|s| (s, &texts[s..(s + block_len).min(texts.len())]))
+    {
+        // The block's texts not seen before, first copies only.
+        let mut fresh: Vec<usize> = Vec::new();
+        {
+            let mut in_block: AHashMap<&str, ()> = AHashMap::new();
+            for (i, &text) in block.iter().enumerate() {
+                if !seen.contains_key(text) && in_block.insert(text, ()).is_none() {
+                    fresh.push(i);
+                }
+            }
+        }
+        let old = reps.len();
+        let found: Vec<(Query, Option<usize>)> = fresh
+            .par_iter()
+            .map(|&i| {
+                let query = Query::new(block[i]);
+                let hit = first_match(&query, &reps[..old], 0, threshold);
+                (query, hit)
+            })
+            .collect();
+        let mut found: AHashMap<usize, (Query, Option<usize>)> = fresh.into_iter().zip(found).collect();
+
+        for (i, &text) in block.iter().enumerate() {
+            let id = match seen.get(text).copied() {
+                Some(Seen::Joined(c)) => c,
+                Some(Seen::Opened(c)) => {
+                    let c = c as usize;
+                    let matches_itself = *self_match[c].get_or_insert_with(|| {
+                        let query = Query::new(text);
+                        matches(&query, &reps[c], threshold, &mut ScanState::new())
+                    });
+                    if matches_itself {
+                        c as u32
+                    } else {
+                        // Rare (only a threshold above a text's self-ratio):
+                        // look past its own cluster like any new text.
+                        let query = Query::new(text);
+                        match first_match(&query, &reps, c + 1, threshold) {
+                            Some(later) => later as u32,
+                            None => open(&mut reps, &mut self_match, query),
+                        }
+                    }
+                }
+                None => {
+                    let (query, hit) = found.remove(&i).expect("every first copy was scanned");
+                    let hit = hit.or_else(|| first_match(&query, &reps, old, threshold));
+                    match hit {
+                        Some(c) => {
+                            seen.insert(text, Seen::Joined(c as u32));
+                            c as u32
+                        }
+                        None => {
+                            let c = open(&mut reps, &mut self_match, query);
+                            seen.insert(text, Seen::Opened(c));
+                            c
+                        }
+                    }
+                }
+            };
+            ids[block_start + i] = id;
+        }
+    }
+    (ids, reps.len() as u32)
+}
+
+fn open(reps: &mut Vec<Representative>, self_match: &mut Vec<Option<bool>>, query: Query) -> u32 {
+    let id = reps.len() as u32;
+    reps.push(Representative { histogram: query.histogram, matcher: Matcher::from_chars(query.chars) });
+    self_match.push(None);
+    id
+}
+
+/// The definition of GiGPO's greedy clustering, with no pruning, no reuse and
+/// no parallelism: every text is compared, in order, with each cluster's first
+/// member until one has `ratio(text, member) >= threshold`. [`cluster`]
+/// returns the same; this one is the reference it is tested against.
+///
+/// ```
+/// use g2po::keys::similarity::{cluster, cluster_unpruned};
+/// let texts = ["the red door", "the red doors", "a blue key", "the red door"];
+/// assert_eq!(cluster_unpruned(texts, 0.9), cluster(texts, 0.9));
+/// ```
+pub fn cluster_unpruned<'a>(texts: impl IntoIterator<Item = &'a str>, threshold: f64) -> (Vec<u32>, u32) {
     let mut reps: Vec<Matcher> = Vec::new();
     let mut ids = Vec::new();
     for text in texts {
@@ -199,5 +638,109 @@ mod tests {
         // Pinned against CPython 3.11 difflib.
         assert!((ratio("abcd", "bcde") - 0.75).abs() < 1e-12);
         assert!((ratio("ab", "ba") - 0.5).abs() < 1e-12);
+    }
+
+    /// The longest common subsequence pairing a[i] with b[j] only inside the band.
+    fn naive_banded_lcs(a: &[char], b: &[char], above: usize, below: usize) -> usize {
+        let mut table = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+        for i in 0..a.len() {
+            for j in 0..b.len() {
+                let in_band = i <= j + above && j <= i + below;
+                let diagonal = if in_band && a[i] == b[j] { table[i][j] + 1 } else { 0 };
+                table[i + 1][j + 1] = diagonal.max(table[i][j + 1]).max(table[i + 1][j]);
+            }
+        }
+        table[a.len()][b.len()]
+    }
+
+    #[test]
+    fn banded_lcs_matches_the_dynamic_programme_and_bounds_difflib() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut work = Vec::new();
+        for case in 0..400 {
+            let alphabet: Vec<char> = "ab cdé€xyz".chars().take(rng.random_range(1..=10)).collect();
+            let (la, lb) = (rng.random_range(0..300), rng.random_range(0..300));
+            let (above, below) = (rng.random_range(0..la.max(1) + 5), rng.random_range(0..lb.max(1) + 5));
+            let mut text =
+                |n: usize| -> Vec<char> { (0..n).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect() };
+            let a = text(la);
+            // b: a copy of a with a few edits, or an unrelated text.
+            let mut b = if case % 2 == 0 { a.clone() } else { text(lb) };
+            for _ in 0..rng.random_range(0..6) {
+                let i = rng.random_range(0..=b.len());
+                if i < b.len() && rng.random_bool(0.5) {
+                    b.remove(i);
+                } else {
+                    b.insert(i, alphabet[rng.random_range(0..alphabet.len())]);
+                }
+            }
+            let masks = PositionMasks::of(&a);
+            // need = 0 never stops early: the exact banded count.
+            let want = naive_banded_lcs(&a, &b, above, below);
+            assert_eq!(masks.banded_lcs(a.len(), &b, above, below, 0, &mut work), want, "case {case}");
+            // With the band of a needed size, difflib's matches are never above it.
+            let matched = Matcher::from_chars(b.clone()).matching_size(&a);
+            for need in [matched / 2, matched, matched + 1] {
+                if need > a.len().min(b.len()) {
+                    continue;
+                }
+                let bound = masks.banded_lcs(a.len(), &b, a.len() - need, b.len() - need, need, &mut work);
+                if matched >= need {
+                    assert!(bound >= matched, "case {case}: need {need}, matched {matched}, bound {bound}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn needed_matches_is_the_exact_threshold_of_the_ratio() {
+        for (la, lb) in [(0, 0), (1, 0), (278, 281), (7, 3), (1000, 999)] {
+            for t in [0.0, 0.3, 0.9, 0.95, 0.999, 1.0, 1.5, f64::NAN, -1.0] {
+                let want = (0..=la.min(lb)).find(|&m| ratio_of(m, la, lb) >= t);
+                assert_eq!(needed_matches(la, lb, t), want, "{la} {lb} {t}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// Small blocks, so that texts find their match both among the
+        /// representatives of earlier blocks (the parallel pass) and among
+        /// those of their own block (the in-order pass).
+        #[test]
+        fn any_block_size_gives_the_definition(
+            picks in proptest::collection::vec((0..6usize, 0..4usize), 1..30),
+            block_len in 1..7usize,
+            threshold in proptest::prop_oneof![0.5..1.0f64, proptest::strategy::Just(0.9)],
+        ) {
+            const WORDS: [&str; 6] = ["the red door", "the red doors", "a red door", "a blue key", "the blue key", "x"];
+            let texts: Vec<String> = picks.iter().map(|&(w, n)| format!("{} {}", WORDS[w], "!".repeat(n))).collect();
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            proptest::prop_assert_eq!(
+                cluster_in_blocks(&texts, threshold, block_len),
+                cluster_unpruned(texts.iter().copied(), threshold)
+            );
+        }
+    }
+
+    #[test]
+    fn bounds_are_ordered_and_above_the_ratio() {
+        let pairs = [("abcd", "dcba"), ("kitten", "sitting"), ("", "x"), ("ééa", "aéé"), ("ab", "")];
+        for (a, b) in pairs {
+            let (qa, qb) = (Query::new(a), Query::new(b));
+            let m = Matcher::new(b);
+            let exact = m.matching_size(&qa.chars);
+            let (la, lb) = (qa.chars.len(), qb.chars.len());
+            let lcs = PositionMasks::of(&qa.chars).banded_lcs(la, &qb.chars, la, lb, 0, &mut Vec::new());
+            let hist = qa.histogram.as_ref().unwrap().overlap(qb.histogram.as_ref().unwrap());
+            assert!(exact <= lcs && lcs <= hist && hist <= la.min(lb), "{a} {b}");
+        }
+        // Counts over 255 take the wide histogram.
+        let long = "a".repeat(300) + "b";
+        let (x, y) = (Query::new(&long), Query::new("aab"));
+        assert!(matches!(x.histogram, Some(Histogram::Wide(_))));
+        assert_eq!(x.histogram.as_ref().unwrap().overlap(y.histogram.as_ref().unwrap()), 3);
     }
 }
