@@ -37,7 +37,8 @@
 //! | feature | adds |
 //! |---|---|
 //! | `learner` | the GRPO learner and the toy policy on candle (CPU) |
-//! | `train` | `learner` + rollouts, trainer, ground truth, ablation over `g2po-envs` |
+//! | `lm` | `learner` + the SmolLM2 + LoRA policy ([`lm`]; weights from `scripts/fetch-smollm2.sh`) |
+//! | `train` | `lm` + rollouts, trainer, ground truth, ablation over `g2po-envs` |
 //! | `cli` (default) | `train` + the `g2po` program |
 //! | `nvrtc` | the CUDA kernels of `kernels/`, compiled at run time by NVRTC (no tensor library) |
 //! | `cuda` | `nvrtc` + `learner` + candle's CUDA backend |
@@ -53,6 +54,8 @@ pub mod io;
 pub mod keys;
 #[cfg(feature = "learner")]
 pub mod learner;
+#[cfg(feature = "lm")]
+pub mod lm;
 pub mod loss;
 #[cfg(feature = "learner")]
 pub mod policy;

@@ -17,6 +17,9 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process, so the size of the largest variant (`train` with the SmolLM2
+// options) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Compute per-row advantages of a rollout file (JSONL rows or a conformance-vector file).
@@ -102,6 +105,74 @@ struct TrainArgs {
     /// (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: g2po::train::DeviceSpec,
+    /// The policy: the toy bag-of-words policy, or SmolLM2-135M-Instruct with LoRA adapters
+    /// (weights from `scripts/fetch-smollm2.sh`).
+    #[arg(long, value_enum, default_value_t = PolicyChoice::Toy)]
+    policy: PolicyChoice,
+    #[command(flatten)]
+    lm: LmArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PolicyChoice {
+    /// The toy bag-of-words policy.
+    Toy,
+    /// SmolLM2-135M-Instruct + LoRA.
+    Smollm2,
+}
+
+/// Options of `--policy smollm2`.
+#[derive(Args)]
+struct LmArgs {
+    /// GGUF file of SmolLM2 (default: the cache of `scripts/fetch-smollm2.sh`).
+    #[arg(long)]
+    gguf: Option<PathBuf>,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    lora_rank: usize,
+    /// LoRA alpha (the update is scaled by alpha / rank).
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    /// Adapted projections, comma-separated: q, k, v, o, gate, up, down.
+    #[arg(long, default_value = "q,k,v,o", value_delimiter = ',')]
+    lora_targets: Vec<g2po::lm::Projection>,
+    /// Adapt only the top N blocks (default: all 30).
+    #[arg(long)]
+    lora_top_layers: Option<usize>,
+    /// Earlier turns shown in the prompt.
+    #[arg(long, default_value_t = 2)]
+    history: usize,
+    /// Greedy evaluation rule: mean (length-normalised) or sum of token log-probs.
+    #[arg(long, value_enum, default_value_t = GreedyChoice::Mean)]
+    greedy: GreedyChoice,
+    /// Also evaluate the untrained policy before the first update (logged as
+    /// `lm_profile.eval_before` of iteration 1).
+    #[arg(long)]
+    eval_before: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GreedyChoice {
+    /// Argmax of the mean token log-probability.
+    Mean,
+    /// Argmax of the summed token log-probability.
+    Sum,
+}
+
+impl LmArgs {
+    fn options(&self) -> g2po::train::LmTrainOptions {
+        let mut policy = g2po::lm::LmPolicyConfig::default();
+        policy.lora.rank = self.lora_rank;
+        policy.lora.alpha = self.lora_alpha;
+        policy.lora.targets = self.lora_targets.clone();
+        policy.lora.top_layers = self.lora_top_layers;
+        policy.prompt.history = self.history;
+        policy.greedy = match self.greedy {
+            GreedyChoice::Mean => g2po::lm::GreedyRule::MeanLogProb,
+            GreedyChoice::Sum => g2po::lm::GreedyRule::SumLogProb,
+        };
+        g2po::train::LmTrainOptions { gguf: self.gguf.clone(), policy, eval_before: self.eval_before }
+    }
 }
 
 #[derive(Args)]
@@ -551,6 +622,7 @@ fn train(args: &TrainArgs) -> Result<bool, TrainError> {
         device: args.device,
         task_pool: args.task_pool,
         eval_on_train_pool: args.eval_on_train_pool,
+        lm: (args.policy == PolicyChoice::Smollm2).then(|| args.lm.options()),
         ..TrainConfig::default()
     };
     cfg.set_env(args.env.clone());
@@ -567,7 +639,10 @@ fn train(args: &TrainArgs) -> Result<bool, TrainError> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut write_err = None;
-    let logs = Trainer::new(cfg)?.run(|l| {
+    // One JSONL line per iteration, flushed at once: an iteration of the SmolLM2 policy takes
+    // minutes, so the log is how a long run is followed (and what survives if it is stopped).
+    // The SmolLM2 trainer adds its time profile as `lm_profile`.
+    let mut on_log = |l: &g2po::train::IterationLog, profile: Option<&g2po::train::LmProfile>| {
         bar.inc(1);
         bar.set_message(format!(
             "h={} train={:.2} eval={} loss={:.4}",
@@ -577,12 +652,20 @@ fn train(args: &TrainArgs) -> Result<bool, TrainError> {
             l.update.diagnostics.policy_loss
         ));
         if let (Some(w), None) = (log.as_mut(), &write_err) {
-            let line = serde_json::to_string(l).expect("logs serialise");
-            if let Err(e) = writeln!(w, "{line}") {
+            let mut line = serde_json::to_value(l).expect("logs serialise");
+            if let (Some(p), Some(obj)) = (profile, line.as_object_mut()) {
+                obj.insert("lm_profile".into(), serde_json::to_value(p).expect("profiles serialise"));
+            }
+            if let Err(e) = writeln!(w, "{line}").and_then(|_| w.flush()) {
                 write_err = Some(e);
             }
         }
-    })?;
+    };
+    let logs = if cfg.lm.is_some() {
+        g2po::train::LmTrainer::new(cfg)?.run_profiled(|l, p| on_log(l, Some(p)))?
+    } else {
+        Trainer::new(cfg)?.run(|l| on_log(l, None))?
+    };
     bar.finish();
     if let (Some(p), Some(source)) = (&args.log, write_err) {
         return Err(TrainError::Io { path: p.display().to_string(), source });

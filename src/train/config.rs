@@ -50,6 +50,9 @@ pub enum TrainError {
     /// The requested device cannot be used (no `cuda` feature, no driver, no GPU).
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// The language-model policy failed (e.g. its weights were never fetched).
+    #[error(transparent)]
+    Lm(#[from] crate::lm::LmError),
 }
 
 /// A training run.
@@ -118,6 +121,10 @@ pub struct TrainConfig {
     /// layouts within the budget.
     #[serde(default)]
     pub eval_on_train_pool: bool,
+    /// `Some`: train the SmolLM2 + LoRA policy ([`super::LmTrainer`]) with
+    /// these options instead of the toy policy (`policy` is then unused).
+    #[serde(default)]
+    pub lm: Option<super::lm::LmTrainOptions>,
     /// `Some(server)`: rollouts and evaluation run on this AgentGym
     /// environment server (`env` is then not used, and there is no ground
     /// truth); `None`: on the in-process `env`. See [`TrainConfig::env_spec`].
@@ -149,6 +156,7 @@ impl Default for TrainConfig {
             device: DeviceSpec::Cpu,
             task_pool: None,
             eval_on_train_pool: false,
+            lm: None,
             agentgym: None,
         }
     }

@@ -19,6 +19,7 @@
 pub mod ablation;
 pub mod config;
 pub mod device;
+pub mod lm;
 pub mod rollouts;
 pub mod trainer;
 pub mod truth;
@@ -26,6 +27,7 @@ pub mod truth;
 pub use ablation::{AblationConfig, AblationReport, AblationSetting, run_ablation};
 pub use config::{TrainConfig, TrainError};
 pub use device::{DeviceError, DeviceSpec};
+pub use lm::{LmProfile, LmTrainOptions, LmTrainer, ScoreMemo, evaluate_lm};
 pub use rollouts::{
     CollectedRow, DroppedTask, Rollout, RolloutSet, collect_rollouts, collect_rollouts_dropping, rollout_seed,
 };

@@ -148,6 +148,9 @@ impl Trainer {
     /// ```
     pub fn new(cfg: TrainConfig) -> Result<Self, TrainError> {
         cfg.validate()?;
+        if cfg.lm.is_some() {
+            return Err(TrainError::BadConfig("TrainConfig::lm is set: train it with LmTrainer".into()));
+        }
         let device = cfg.device.open()?;
         let policy = Policy::new(&cfg.policy, &device, cfg.seed)?;
         let reference = match cfg.learner.loss.kl {
