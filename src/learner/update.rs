@@ -88,6 +88,25 @@ impl Default for LearnerConfig {
 }
 
 impl LearnerConfig {
+    /// candle's AdamW parameters for this configuration (every policy's
+    /// learner builds its optimizer from these, so the LM and toy learners
+    /// cannot drift apart).
+    ///
+    /// ```
+    /// let c = g2po::learner::LearnerConfig::default();
+    /// assert_eq!(c.adamw().lr, c.lr);
+    /// assert_eq!((c.adamw().beta1, c.adamw().beta2), c.betas);
+    /// ```
+    pub fn adamw(&self) -> ParamsAdamW {
+        ParamsAdamW {
+            lr: self.lr,
+            beta1: self.betas.0,
+            beta2: self.betas.1,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
+
     /// Checks every option.
     ///
     /// ```
@@ -421,14 +440,7 @@ impl Learner {
         if vars.is_empty() {
             return Err(LearnerError::BadInput("the policy has no trainable variables".into()));
         }
-        let params = ParamsAdamW {
-            lr: config.lr,
-            beta1: config.betas.0,
-            beta2: config.betas.1,
-            eps: config.eps,
-            weight_decay: config.weight_decay,
-        };
-        let optimizer = AdamW::new(vars.clone(), params)?;
+        let optimizer = AdamW::new(vars.clone(), config.adamw())?;
         Ok(Self {
             var_ids: vars.iter().map(|v| v.id()).collect(),
             vars,

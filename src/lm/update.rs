@@ -19,7 +19,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, TensorId, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_nn::{AdamW, Optimizer};
 use ndarray::{Array2, Axis, s};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -86,14 +86,7 @@ impl LmLearner {
         if vars.is_empty() {
             return Err(LmError::BadInput("the policy has no trainable parameters (is it the reference?)".into()));
         }
-        let params = ParamsAdamW {
-            lr: config.lr,
-            beta1: config.betas.0,
-            beta2: config.betas.1,
-            eps: config.eps,
-            weight_decay: config.weight_decay,
-        };
-        let optimizer = AdamW::new(vars.clone(), params)?;
+        let optimizer = AdamW::new(vars.clone(), config.adamw())?;
         Ok(Self {
             var_ids: vars.iter().map(|v| v.id()).collect(),
             vars,
