@@ -5,9 +5,12 @@
 //! `--setting NAME` keeps only the named settings of the standard ablation
 //! (repeatable); the exact-truth table is computed either way.
 
-use g2po::train::{AblationConfig, run_ablation};
+use g2po::train::{AblationConfig, retain_freed_memory, run_ablation};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As `g2po ablate` does: the learner's large tensors would otherwise be
+    // re-faulted from the kernel on every allocation.
+    retain_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let mut only = Vec::new();

@@ -30,7 +30,9 @@
 //! candle's unseeded initialisers), so two policies built with one seed are
 //! identical.
 
-use candle_core::{D, DType, Device, Tensor, Var};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, D, DType, Device, Layout, Shape, Tensor, Var};
 use candle_nn::{Embedding, Linear, Module, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -347,8 +349,10 @@ impl Policy {
         Ok((logp, entropy))
     }
 
-    /// The batched forward: `[rows, max_len]` log-probabilities and entropies.
-    fn forward(&self, batch: &TokenBatch<'_>) -> Result<(Tensor, Tensor)> {
+    /// The batched forward up to the output layer: the hidden states as one
+    /// `[rows * max_len, hidden]` matrix and the target ids, row-major
+    /// `[rows, max_len]`.
+    fn hidden(&self, batch: &TokenBatch<'_>) -> Result<(Tensor, Vec<u32>)> {
         let (rows, max_len) = (batch.rows(), batch.max_len());
         if max_len == 0 {
             return Err(PolicyError::BadInput("token scoring needs max_len > 0".into()));
@@ -373,9 +377,37 @@ impl Policy {
         let enc = enc.index_select(&row_map, 0)?.unsqueeze(1)?; // [rows, 1, h]
         let prev = Tensor::from_vec(flat(&prev), (rows, max_len), &self.device)?;
         let hidden = self.prev_emb.forward(&prev)?.broadcast_add(&enc)?.tanh()?; // [rows, L, h]
-        let logits = self.out.forward(&hidden)?; // [rows, L, V]
+        // As one [rows * L, h] matrix: on a 3-D input `Linear` broadcasts its
+        // weight to [rows, V, h], whose gradient candle then sums back over
+        // the rows (a strided reduction that was a sixth of a step).
+        let hidden = hidden.reshape((rows * max_len, self.config.hidden))?;
+        Ok((hidden, flat(target)))
+    }
+
+    /// The batched forward: `[rows, max_len]` log-probabilities and entropies.
+    ///
+    /// On the CPU the log-softmax, the target's entry and the entropy are one
+    /// op ([`TokenLogSoftmax`]) with its own backward: as separate candle ops
+    /// they made and differentiated about ten `[rows, max_len, vocab]`
+    /// tensors, most of a training step's time. Sampling and the learner both
+    /// score through here, so the sampled log-probs are the learner's bit for
+    /// bit. Other devices run candle's ops.
+    fn forward(&self, batch: &TokenBatch<'_>) -> Result<(Tensor, Tensor)> {
+        let (rows, max_len) = (batch.rows(), batch.max_len());
+        let (hidden, target) = self.hidden(batch)?;
+        if let (true, Some(bias)) = (self.device.is_cpu(), self.out.bias()) {
+            // The output layer's bias goes into the op too: its gradient, a
+            // column sum of the logits' gradient, is another strided
+            // reduction in candle.
+            let logits = hidden.matmul(&self.out.weight().t()?)?; // [rows * L, V], without the bias
+            let target = Tensor::from_vec(target, rows * max_len, &self.device)?;
+            let scores = logits.apply_op3(bias, &target, TokenLogSoftmax)?; // [rows * L, 2]
+            let column = |c: usize| scores.narrow(1, c, 1)?.reshape((rows, max_len));
+            return Ok((column(0)?, column(1)?));
+        }
+        let logits = self.out.forward(&hidden)?.reshape((rows, max_len, self.config.vocab))?;
+        let target = Tensor::from_vec(target, (rows, max_len, 1), &self.device)?;
         let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let target = Tensor::from_vec(flat(target), (rows, max_len, 1), &self.device)?;
         let logp = log_probs.gather(&target, 2)?.squeeze(2)?;
         let entropy = (log_probs.exp()? * &log_probs)?.sum(D::Minus1)?.neg()?;
         Ok((logp, entropy))
@@ -389,10 +421,9 @@ impl Policy {
         }
         let tokens: Vec<Vec<u32>> = admissible.iter().map(|a| self.tokenize_action(a)).collect();
         let max_len = tokens.iter().map(Vec::len).max().unwrap_or(1);
-        let obs = vec![observation; tokens.len()];
         let refs: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
-        let (logp, _) = self.token_logps(&obs, &refs, max_len)?;
-        let logp = logp.to_vec2::<f32>()?;
+        let batch = TokenBatch::new(refs.iter().map(|&a| (observation, a)), Some(max_len))?;
+        let logp = self.forward(&batch)?.0.to_vec2::<f32>()?;
         Ok(tokens
             .into_iter()
             .zip(logp)
@@ -431,19 +462,7 @@ impl Policy {
         rng: &mut impl Rng,
     ) -> Result<Action> {
         check_temperature(temperature)?;
-        let scored = self.score(observation, admissible)?;
-        let probs = softmax(&scored, temperature);
-        let mut u = rng.random::<f64>();
-        let mut index = probs.len() - 1;
-        for (i, p) in probs.iter().enumerate() {
-            if u < *p {
-                index = i;
-                break;
-            }
-            u -= p;
-        }
-        let Scored { tokens, logps, .. } = scored.into_iter().nth(index).unwrap_or_default();
-        Ok(Action { index, tokens, logps })
+        Ok(sample(&self.score(observation, admissible)?, temperature, rng))
     }
 
     /// Index of the highest-scoring admissible action (the first on ties).
@@ -458,14 +477,33 @@ impl Policy {
     /// assert!(p.greedy("a hall", &[]).is_err());
     /// ```
     pub fn greedy(&self, observation: &str, admissible: &[String]) -> Result<usize> {
-        let scored = self.score(observation, admissible)?;
-        let mut best = 0;
-        for (i, s) in scored.iter().enumerate() {
-            if s.score > scored[best].score {
-                best = i;
-            }
-        }
-        Ok(best)
+        Ok(argmax(&self.score(observation, admissible)?))
+    }
+
+    /// A memo of this policy's action scores, for a stretch of time in which
+    /// its parameters do not change (one iteration's rollouts, one
+    /// evaluation): agents' rollouts revisit the same states, and a state's
+    /// scores are a pure function of the parameters, the observation and the
+    /// admissible actions, so each distinct state is scored once and the
+    /// samples are the same as without the memo. It may be shared between
+    /// threads.
+    ///
+    /// ```
+    /// use rand::SeedableRng;
+    /// # use g2po::policy::{Policy, PolicyConfig};
+    /// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 1).unwrap();
+    /// let acts = vec!["north".to_string(), "south".to_string()];
+    /// let memo = p.memoized();
+    /// let mut a = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    /// let mut b = a.clone();
+    /// for _ in 0..4 {
+    ///     assert_eq!(memo.act("a hall", &acts, 1.0, &mut a).unwrap(), p.act("a hall", &acts, 1.0, &mut b).unwrap());
+    /// }
+    /// assert_eq!(memo.greedy("a hall", &acts).unwrap(), p.greedy("a hall", &acts).unwrap());
+    /// assert_eq!(memo.states(), 1); // scored once
+    /// ```
+    pub fn memoized(&self) -> MemoizedPolicy<'_> {
+        MemoizedPolicy { policy: self, scores: Mutex::new(ahash::AHashMap::new()) }
     }
 
     /// Probabilities `softmax(score / temperature)` over the admissible
@@ -483,8 +521,109 @@ impl Policy {
     }
 }
 
+/// See [`Policy::memoized`].
+pub struct MemoizedPolicy<'p> {
+    policy: &'p Policy,
+    /// Keyed by the observation and the admissible actions, each length-prefixed
+    /// (an unambiguous encoding whatever bytes the texts hold).
+    scores: Mutex<ahash::AHashMap<Vec<u8>, Arc<[Scored]>>>,
+}
+
+impl MemoizedPolicy<'_> {
+    /// [`Policy::act`] through the memo.
+    ///
+    /// ```
+    /// use rand::SeedableRng;
+    /// # use g2po::policy::{Policy, PolicyConfig};
+    /// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 1).unwrap();
+    /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    /// assert!(p.memoized().act("a hall", &["north".to_string()], 0.0, &mut rng).is_err());
+    /// ```
+    pub fn act(
+        &self,
+        observation: &str,
+        admissible: &[String],
+        temperature: f64,
+        rng: &mut impl Rng,
+    ) -> Result<Action> {
+        check_temperature(temperature)?;
+        Ok(sample(&self.score(observation, admissible)?, temperature, rng))
+    }
+
+    /// [`Policy::greedy`] through the memo.
+    ///
+    /// ```
+    /// # use g2po::policy::{Policy, PolicyConfig};
+    /// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 1).unwrap();
+    /// assert!(p.memoized().greedy("a hall", &[]).is_err());
+    /// ```
+    pub fn greedy(&self, observation: &str, admissible: &[String]) -> Result<usize> {
+        Ok(argmax(&self.score(observation, admissible)?))
+    }
+
+    /// How many distinct states have been scored.
+    ///
+    /// ```
+    /// # use g2po::policy::{Policy, PolicyConfig};
+    /// let p = Policy::new(&PolicyConfig { vocab: 64, hidden: 8, ..Default::default() }, &candle_core::Device::Cpu, 1).unwrap();
+    /// assert_eq!(p.memoized().states(), 0);
+    /// ```
+    pub fn states(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ahash::AHashMap<Vec<u8>, Arc<[Scored]>>> {
+        // A panic elsewhere cannot leave a half-written entry: inserts are single calls.
+        self.scores.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn score(&self, observation: &str, admissible: &[String]) -> Result<Arc<[Scored]>> {
+        let texts = std::iter::once(observation).chain(admissible.iter().map(String::as_str));
+        let mut key = Vec::with_capacity(texts.clone().map(|t| 8 + t.len()).sum());
+        for text in texts {
+            key.extend_from_slice(&(text.len() as u64).to_le_bytes());
+            key.extend_from_slice(text.as_bytes());
+        }
+        if let Some(hit) = self.lock().get(&key) {
+            return Ok(Arc::clone(hit));
+        }
+        // Scored outside the lock; two threads may score one state at once,
+        // with the same result.
+        let scored: Arc<[Scored]> = self.policy.score(observation, admissible)?.into();
+        self.lock().insert(key, Arc::clone(&scored));
+        Ok(scored)
+    }
+}
+
+/// Samples an index from `softmax(score / temperature)` with one uniform draw.
+fn sample(scored: &[Scored], temperature: f64, rng: &mut impl Rng) -> Action {
+    let probs = softmax(scored, temperature);
+    let mut u = rng.random::<f64>();
+    let mut index = probs.len() - 1;
+    for (i, p) in probs.iter().enumerate() {
+        if u < *p {
+            index = i;
+            break;
+        }
+        u -= p;
+    }
+    let Scored { tokens, logps, .. } = scored.get(index).cloned().unwrap_or_default();
+    Action { index, tokens, logps }
+}
+
+/// The first index of the highest score.
+fn argmax(scored: &[Scored]) -> usize {
+    let mut best = 0;
+    for (i, s) in scored.iter().enumerate() {
+        if s.score > scored[best].score {
+            best = i;
+        }
+    }
+    best
+}
+
 /// One admissible action's score, tokens and per-token log-probabilities.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Scored {
     score: f64,
     tokens: Vec<u32>,
@@ -519,10 +658,198 @@ impl TrainablePolicy for Policy {
         named.into_iter().map(|(_, v)| v.clone()).collect()
     }
 
-    /// One batched forward; the entropy comes with it at no extra pass, so
-    /// it is returned whether asked for or not.
-    fn score_tokens(&self, batch: &TokenBatch<'_>, _with_entropy: bool) -> Result<TokenScores> {
+    /// One batched forward; the entropy comes out of the same pass, so it is
+    /// returned only when asked for but costs nothing extra.
+    fn score_tokens(&self, batch: &TokenBatch<'_>, with_entropy: bool) -> Result<TokenScores> {
         let (logp, entropy) = self.forward(batch)?;
-        Ok(TokenScores { logp, entropy: Some(entropy) })
+        Ok(TokenScores { logp, entropy: with_entropy.then_some(entropy) })
+    }
+}
+
+/// `[n, 2]` = (log-probability of the target token, entropy of the
+/// distribution) per row of the logits `x + b` (`[n, vocab]` f32 `x`, the
+/// `[vocab]` bias `b`) with `[n]` u32 targets.
+///
+/// Forward: one pass for the row maximum `m` and one that sums
+/// `e_j = exp(x_j + b_j - m)` and `e_j (x_j + b_j - m)`, so with `S = sum e_j`,
+/// `ln Z = m + ln S`, `logp_t = x_t + b_t - ln Z` and
+/// `H = ln S - sum e_j (x_j + b_j - m) / S` (sums in f64). Backward, with
+/// `p_k = exp(x_k + b_k - ln Z)` recomputed from the output
+/// (`ln Z = x_t + b_t - logp_t`, one exp per entry):
+/// `dL/dx_k = g_logp (1[k = t] - p_k) - g_H p_k (ln p_k + H)`, and `dL/db` its
+/// column sums.
+struct TokenLogSoftmax;
+
+/// The row-major f32 slice of a contiguous CPU tensor argument.
+fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
+        _ => candle_core::bail!("token-log-softmax: {what} must be contiguous f32"),
+    }
+}
+
+fn cpu_u32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [u32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::U32(v), Some((start, end))) => Ok(&v[start..end]),
+        _ => candle_core::bail!("token-log-softmax: targets must be contiguous u32"),
+    }
+}
+
+/// Borrows a CPU tensor's f32 data for `f`.
+fn with_cpu_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<T>) -> candle_core::Result<T> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*storage else {
+        candle_core::bail!("token-log-softmax: a CPU op got a tensor on {:?}", t.device());
+    };
+    f(cpu_f32(storage, layout, "an argument")?)
+}
+
+impl CustomOp3 for TokenLogSoftmax {
+    fn name(&self) -> &'static str {
+        "token-log-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        logits: &CpuStorage,
+        logits_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+        targets: &CpuStorage,
+        targets_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, vocab) = logits_layout.shape().dims2()?;
+        let x = cpu_f32(logits, logits_layout, "logits")?;
+        let b = cpu_f32(bias, bias_layout, "bias")?;
+        let targets = cpu_u32(targets, targets_layout)?;
+        if targets.len() != n || b.len() != vocab || vocab == 0 {
+            candle_core::bail!(
+                "token-log-softmax: {} targets and {} biases for {n} rows of {vocab} logits",
+                targets.len(),
+                b.len()
+            );
+        }
+        let mut out = Vec::with_capacity(2 * n);
+        let mut row_logits = vec![0f32; vocab];
+        for (row, &t) in x.chunks_exact(vocab).zip(targets) {
+            if t as usize >= vocab {
+                candle_core::bail!("token-log-softmax: target {t} outside the vocabulary of {vocab}");
+            }
+            for ((z, &v), &c) in row_logits.iter_mut().zip(row).zip(b) {
+                *z = v + c;
+            }
+            let max = row_logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let (mut sum, mut weighted) = (0f64, 0f64);
+            for &z in &row_logits {
+                let d = z - max;
+                let e = f64::from(d.exp());
+                sum += e;
+                weighted += e * f64::from(d);
+            }
+            let log_sum = sum.ln();
+            out.push((f64::from(row_logits[t as usize] - max) - log_sum) as f32);
+            out.push((log_sum - weighted / sum) as f32);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, 2))))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        bias: &Tensor,
+        targets: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, vocab) = logits.dims2()?;
+        let host = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
+        let (res, grad_res, b) = (host(res)?, host(grad_res)?, host(bias)?);
+        let targets = targets.to_vec1::<u32>()?;
+        let mut grad = vec![0f32; n * vocab];
+        let mut grad_bias = vec![0f64; vocab];
+        with_cpu_f32(logits, |x| {
+            for (i, (row, out)) in x.chunks_exact(vocab).zip(grad.chunks_exact_mut(vocab)).enumerate() {
+                let t = targets[i] as usize;
+                let (logp, entropy) = (res[2 * i], res[2 * i + 1]);
+                let (g_logp, g_entropy) = (grad_res[2 * i], grad_res[2 * i + 1]);
+                let log_z = row[t] + b[t] - logp;
+                for ((g, &v), &c) in out.iter_mut().zip(row).zip(&b) {
+                    let log_p = v + c - log_z;
+                    let p = log_p.exp();
+                    *g = -g_logp * p - g_entropy * p * (log_p + entropy);
+                }
+                out[t] += g_logp;
+                for (acc, &g) in grad_bias.iter_mut().zip(out.iter()) {
+                    *acc += f64::from(g);
+                }
+            }
+            Ok(())
+        })?;
+        let grad_bias: Vec<f32> = grad_bias.into_iter().map(|g| g as f32).collect();
+        Ok((
+            Some(Tensor::from_vec(grad, (n, vocab), logits.device())?),
+            Some(Tensor::from_vec(grad_bias, vocab, bias.device())?.to_dtype(bias.dtype())?),
+            None,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused op against candle's own ops and autograd on the same logits.
+    #[test]
+    fn token_log_softmax_matches_candle_ops_and_their_gradient() -> candle_core::Result<()> {
+        let (n, vocab) = (6, 13);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        // Spread-out logits, one row with a dominant entry.
+        let mut values: Vec<f32> = (0..n * vocab).map(|_| rng.random_range(-6.0f32..6.0)).collect();
+        values[2 * vocab + 4] = 40.0;
+        let targets: Vec<u32> = vec![0, 12, 4, 7, 3, 3];
+        let logits = Var::from_vec(values, (n, vocab), &Device::Cpu)?;
+        let bias = Var::from_vec((0..vocab).map(|j| 0.3 * j as f32 - 1.0).collect::<Vec<f32>>(), vocab, &Device::Cpu)?;
+        let target = Tensor::from_vec(targets.clone(), n, &Device::Cpu)?;
+        let weights = |seed: u64| -> candle_core::Result<Tensor> {
+            let mut r = ChaCha8Rng::seed_from_u64(seed);
+            Tensor::from_vec((0..n).map(|_| r.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), n, &Device::Cpu)
+        };
+        let (a, b) = (weights(1)?, weights(2)?);
+
+        let fused = logits.as_tensor().apply_op3(bias.as_tensor(), &target, TokenLogSoftmax)?;
+        let (logp, entropy) = (fused.narrow(1, 0, 1)?.squeeze(1)?, fused.narrow(1, 1, 1)?.squeeze(1)?);
+        let fused_loss = ((&logp * &a)?.sum_all()? + (&entropy * &b)?.sum_all()?)?;
+        let fused_grads = fused_loss.backward()?;
+        let fused_grad = fused_grads.get(&logits).expect("a gradient").to_vec2::<f32>()?;
+        let fused_bias_grad = fused_grads.get(&bias).expect("a gradient").to_vec1::<f32>()?;
+
+        let log_probs = candle_nn::ops::log_softmax(&logits.as_tensor().broadcast_add(bias.as_tensor())?, D::Minus1)?;
+        let ops_logp = log_probs.gather(&target.unsqueeze(1)?, 1)?.squeeze(1)?;
+        let ops_entropy = (log_probs.exp()? * &log_probs)?.sum(D::Minus1)?.neg()?;
+        let ops_loss = ((&ops_logp * &a)?.sum_all()? + (&ops_entropy * &b)?.sum_all()?)?;
+        let ops_grads = ops_loss.backward()?;
+        let ops_grad = ops_grads.get(&logits).expect("a gradient").to_vec2::<f32>()?;
+        let ops_bias_grad = ops_grads.get(&bias).expect("a gradient").to_vec1::<f32>()?;
+
+        let close = |x: &[f32], y: &[f32], what: &str| {
+            for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                assert!((u - v).abs() <= 1e-5 * (1.0 + v.abs()), "{what}[{i}]: fused {u} vs ops {v}");
+            }
+        };
+        close(&logp.to_vec1()?, &ops_logp.to_vec1()?, "logp");
+        close(&entropy.to_vec1()?, &ops_entropy.to_vec1()?, "entropy");
+        for (row, (f, o)) in fused_grad.iter().zip(&ops_grad).enumerate() {
+            close(f, o, &format!("grad row {row}"));
+        }
+        close(&fused_bias_grad, &ops_bias_grad, "bias grad");
+        // A gradient row of logp alone sums to 0 (softmax), and so does the entropy's.
+        assert!(fused_grad.iter().all(|r| r.iter().sum::<f32>().abs() < 1e-5));
+
+        // Bad shapes are errors, not panics.
+        let short = Tensor::from_vec(vec![0u32; n - 1], n - 1, &Device::Cpu)?;
+        assert!(logits.as_tensor().apply_op3(bias.as_tensor(), &short, TokenLogSoftmax).is_err());
+        let outside = Tensor::from_vec(vec![vocab as u32; n], n, &Device::Cpu)?;
+        assert!(logits.as_tensor().apply_op3(bias.as_tensor(), &outside, TokenLogSoftmax).is_err());
+        Ok(())
     }
 }

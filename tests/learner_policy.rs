@@ -141,6 +141,19 @@ fn the_trainable_policy_impl_is_the_batched_forward() {
     let (logp, ent) = p.token_logps(&["a room", "a hall", "a room"], &[&a, &b, &b], 4).unwrap();
     assert_eq!(scores.logp.to_vec2::<f32>().unwrap(), logp.to_vec2::<f32>().unwrap());
     assert_eq!(scores.entropy.unwrap().to_vec2::<f32>().unwrap(), ent.to_vec2::<f32>().unwrap());
+    // Without the entropy (the reference policy's call) the log-probs are the
+    // same bits, from the cheaper path, and still differentiable.
+    let lean = p.score_tokens(&batch, false).unwrap();
+    assert!(lean.entropy.is_none());
+    assert_eq!(lean.logp.to_vec2::<f32>().unwrap(), logp.to_vec2::<f32>().unwrap());
+    let grads = lean.logp.sum_all().unwrap().backward().unwrap();
+    assert!(p.trainable_vars().iter().all(|v| grads.get(v).is_some()), "every parameter gets a gradient");
+    // What `act` samples with is the learner's logp_old, bit for bit.
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let choices = acts(&["take key", "go"]);
+    let action = p.act("a room", &choices, 1.0, &mut rng).unwrap();
+    let (full, _) = p.token_logps(&["a room"], &[&action.tokens], action.tokens.len()).unwrap();
+    assert_eq!(action.logps, full.to_vec2::<f32>().unwrap()[0]);
 }
 
 #[test]

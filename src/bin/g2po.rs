@@ -757,6 +757,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Train(_) | Command::Ablate(_)) {
         size_thread_pools_for_training();
+        g2po::train::retain_freed_memory();
     }
     let result = match &cli.command {
         Command::Advantages(args) => advantages(args).map_err(|e| e.to_string()),

@@ -20,6 +20,7 @@ pub mod ablation;
 pub mod config;
 pub mod device;
 pub mod lm;
+pub mod memory;
 pub mod rollouts;
 pub mod trainer;
 pub mod truth;
@@ -28,6 +29,7 @@ pub use ablation::{AblationConfig, AblationReport, AblationSetting, run_ablation
 pub use config::{TrainConfig, TrainError};
 pub use device::{DeviceError, DeviceSpec};
 pub use lm::{LmProfile, LmTrainOptions, LmTrainer, ScoreMemo, evaluate_lm};
+pub use memory::retain_freed_memory;
 pub use rollouts::{
     CollectedRow, DroppedTask, Rollout, RolloutSet, collect_rollouts, collect_rollouts_dropping, rollout_seed,
 };

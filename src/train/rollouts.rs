@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::config::TrainError;
-use crate::policy::Policy;
+use crate::policy::{MemoizedPolicy, Policy};
 use crate::{Anchor, RolloutBatch, Step};
 
 /// Episode reward of a success (0 for failure or truncation), the peers' scale.
@@ -151,12 +151,13 @@ pub fn collect_rollouts_dropping(
         ));
     }
     let env = env.into();
+    let policy = policy.memoized();
     let results: Vec<Result<Rollout, TrainError>> = (0..tasks.len() * per_task)
         .into_par_iter()
         .map(|slot| {
             let (t, r) = (slot / per_task, slot % per_task);
             let s = rollout_seed(seed, stream, t as u64, r as u64);
-            run_one(policy, &env, tasks[t], horizon, temperature, s)
+            run_one(&policy, &env, tasks[t], horizon, temperature, s)
         })
         .collect();
     let mut rollouts = Vec::with_capacity(results.len());
@@ -187,7 +188,7 @@ pub fn collect_rollouts_dropping(
 }
 
 fn run_one(
-    policy: &Policy,
+    policy: &MemoizedPolicy<'_>,
     spec: &EnvSpec,
     task: u64,
     horizon: usize,

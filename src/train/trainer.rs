@@ -104,6 +104,7 @@ pub fn evaluate_dropping(
         return Ok((0.0, 0));
     }
     let env = env.into();
+    let policy = policy.memoized();
     let results: Vec<Result<bool, TrainError>> = tasks
         .par_iter()
         .map(|&task| -> Result<bool, TrainError> {
