@@ -332,6 +332,11 @@ fn phase_one_numbering(
     let mut node = vec![-1i64; n];
     let mut next = vec![0i64; n];
     let mut values = vec![0f64; n];
+    // gamma^k for every distance k to a trajectory's end, computed once with
+    // the same `powf` (a table, not repeated products, so the values are
+    // unchanged).
+    let longest = (0..num_trajs).map(|t| offsets[t + 1] - offsets[t]).max().unwrap_or(0);
+    let discount: Vec<f64> = (0..=longest).map(|k| gamma.powf(k as f64)).collect();
     let mut renumber: AHashMap<u64, i64> = AHashMap::new();
     let mut sums: Vec<f64> = Vec::new();
     let mut counts: Vec<u32> = Vec::new();
@@ -354,8 +359,8 @@ fn phase_one_numbering(
             let len = rows.len();
             let r = batch.episode_rewards()[rows[0] as usize];
             for (pos, &row) in rows.iter().enumerate() {
-                let k = (len - pos) as f64;
-                let term = if float32_terms { (gamma.powf(k) as f32 * r as f32) as f64 } else { gamma.powf(k) * r };
+                let discount = discount[len - pos];
+                let term = if float32_terms { (discount as f32 * r as f32) as f64 } else { discount * r };
                 let id = node[row as usize] as usize;
                 sums[id] += term;
                 counts[id] += 1;
@@ -696,9 +701,9 @@ pub fn g2po_step<'py>(
 /// address cannot be reused by another object while the cache lives.
 #[pyclass(module = "g2po_rs._native", frozen)]
 pub struct AnchorCache {
-    /// A private copy of the anchor array: its references keep every
-    /// remembered object alive, and nobody else can replace its elements.
-    _objects: Py<PyAny>,
+    /// One reference to each remembered object, private to the cache, so
+    /// none can be freed (and its address reused) while the cache lives.
+    _objects: Vec<Py<PyAny>>,
     key_of: AHashMap<usize, u64>,
 }
 
@@ -708,24 +713,25 @@ impl AnchorCache {
     #[new]
     fn new(texts: &Bound<'_, PyAny>) -> PyResult<Self> {
         let keyer = keyer(&[])?;
-        let keys = convert::text_keys_one_pass(texts, "anchor_obs", None, |t| keyer.key(t))?;
-        // numpy copies the pointers and takes a reference to each, in order.
-        let copy = texts.call_method0("copy")?;
-        let arr = convert::array1(&copy, "anchor_obs")?;
-        let objects = arr.cast::<PyArray1<Py<PyAny>>>().expect("checked by text_keys_one_pass");
-        let ro = objects.readonly();
-        let slice = ro.as_slice().expect("contiguous");
-        let mut key_of = AHashMap::with_capacity(slice.len());
-        let mut prev = 0usize;
-        for (item, &k) in slice.iter().zip(&keys) {
-            let address = item.as_ptr() as usize;
-            if address != prev {
-                key_of.insert(address, k);
-                prev = address;
-            }
-        }
-        drop(ro);
-        Ok(Self { _objects: copy.unbind(), key_of })
+        let py = texts.py();
+        let rows = convert::array1(texts, "anchor_obs")?.shape()[0];
+        let mut objects = Vec::with_capacity(rows);
+        let mut key_of = AHashMap::with_capacity(rows);
+        // The reference and the map entry are taken while the hashing pass has
+        // the object in cache: a numpy copy of the array afterwards
+        // (one incref per row) cost more than the hashing.
+        convert::text_keys_visiting(
+            texts,
+            "anchor_obs",
+            None,
+            |t| keyer.key(t),
+            |object, k| {
+                if key_of.insert(object.as_ptr() as usize, k).is_none() {
+                    objects.push(object.clone_ref(py));
+                }
+            },
+        )?;
+        Ok(Self { _objects: objects, key_of })
     }
 
     /// Keys of `texts`: remembered objects by address, others hashed.

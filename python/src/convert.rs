@@ -318,6 +318,19 @@ pub fn text_keys_one_pass(
     expected: Option<usize>,
     key: impl Fn(&str) -> u64,
 ) -> Fallible<Vec<u64>> {
+    text_keys_visiting(obj, argument, expected, key, |_, _| {})
+}
+
+/// [`text_keys_one_pass`], also calling `visit(object, key)` once per run of
+/// rows holding the same object, while that object is still in cache (a
+/// second walk over the objects would miss the cache on every row again).
+pub fn text_keys_visiting(
+    obj: &Bound<'_, PyAny>,
+    argument: &str,
+    expected: Option<usize>,
+    key: impl Fn(&str) -> u64,
+    mut visit: impl FnMut(&Py<PyAny>, u64),
+) -> Fallible<Vec<u64>> {
     let arr = array1(obj, argument)?;
     check_len(argument, arr.shape()[0], expected)?;
     let objects = arr.cast::<PyArray1<Py<PyAny>>>().map_err(|_| {
@@ -351,6 +364,7 @@ pub fn text_keys_one_pass(
         })?;
         // SAFETY: CPython's UTF-8 form is valid UTF-8.
         let k = key(unsafe { std::str::from_utf8_unchecked(bytes) });
+        visit(item, k);
         prev = (address, k);
         out.push(k);
     }
