@@ -597,18 +597,23 @@ impl MemoizedPolicy<'_> {
 
 /// Samples an index from `softmax(score / temperature)` with one uniform draw.
 fn sample(scored: &[Scored], temperature: f64, rng: &mut impl Rng) -> Action {
-    let probs = softmax(scored, temperature);
-    let mut u = rng.random::<f64>();
-    let mut index = probs.len() - 1;
+    let index = inverse_cdf(&softmax(scored, temperature), rng.random::<f64>());
+    let Scored { tokens, logps, .. } = scored.get(index).cloned().unwrap_or_default();
+    Action { index, tokens, logps }
+}
+
+/// The index that the uniform draw `u` in [0, 1) picks from `probs` (which
+/// sum to 1): the first whose cumulative probability exceeds `u`, the last
+/// when rounding leaves `u` above the total. Both policies sample with it, so
+/// one seed draws the same way in each.
+pub(crate) fn inverse_cdf(probs: &[f64], mut u: f64) -> usize {
     for (i, p) in probs.iter().enumerate() {
         if u < *p {
-            index = i;
-            break;
+            return i;
         }
         u -= p;
     }
-    let Scored { tokens, logps, .. } = scored.get(index).cloned().unwrap_or_default();
-    Action { index, tokens, logps }
+    probs.len().saturating_sub(1)
 }
 
 /// The first index of the highest score.

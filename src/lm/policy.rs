@@ -217,16 +217,7 @@ impl SmolLmPolicy {
     /// Samples an admissible action with probability `softmax(score /
     /// temperature)` from already computed scores.
     pub fn sample(scored: Vec<ScoredAction>, temperature: f64, rng: &mut impl Rng) -> Result<Action> {
-        let probs = softmax(&scored, temperature)?;
-        let mut u = rng.random::<f64>();
-        let mut index = probs.len() - 1;
-        for (i, p) in probs.iter().enumerate() {
-            if u < *p {
-                index = i;
-                break;
-            }
-            u -= p;
-        }
+        let index = crate::policy::inverse_cdf(&softmax(&scored, temperature)?, rng.random::<f64>());
         let s = scored.into_iter().nth(index).ok_or_else(|| LmError::BadInput("no admissible action".into()))?;
         Ok(Action { index, tokens: s.tokens, logps: s.logps })
     }
