@@ -25,9 +25,13 @@
 //!   (difflib's `real_quick_ratio`), the overlap of the two character
 //!   histograms (its `quick_ratio`; non-ASCII code points share the 32
 //!   control-character buckets, which can only raise the overlap), and the
-//!   longest common subsequence (bit-parallel, 64 positions per machine word,
-//!   restricted to the diagonal band a matching of the needed size must stay
-//!   in, and abandoned once it can no longer reach that size). Each bound is
+//!   longest common subsequence (bit-parallel, restricted to the diagonal
+//!   band a matching of the needed size must stay in, after the texts'
+//!   common prefix and suffix, abandoned once it can no longer reach that
+//!   size; at GiGPO's thresholds the band fits one or two machine words,
+//!   which slide along the diagonal, a few instructions per column). The
+//!   bounds' results are memoised per query where they repeat (the needed
+//!   size per representative length). Each bound is
 //!   compared with the fewest matches whose ratio, in the same floating-point
 //!   expression, reaches the threshold, so "bound too small" implies
 //!   "ratio < threshold" exactly.
@@ -281,7 +285,8 @@ fn bucket(c: char) -> usize {
 /// so long that a count could overflow `u16`; those pairs skip this bound.
 #[derive(Debug, Clone)]
 enum Histogram {
-    Narrow(Box<[u8; BUCKETS]>),
+    /// Inline, so that a scan over representatives reads them in sequence.
+    Narrow([u8; BUCKETS]),
     Wide(Box<[u16; BUCKETS]>),
 }
 
@@ -295,7 +300,7 @@ impl Histogram {
             counts[bucket(c)] += 1;
         }
         if counts.iter().all(|&n| n <= u16::from(u8::MAX)) {
-            Some(Histogram::Narrow(Box::new(counts.map(|n| n as u8))))
+            Some(Histogram::Narrow(counts.map(|n| n as u8)))
         } else {
             Some(Histogram::Wide(counts))
         }
@@ -312,8 +317,10 @@ impl Histogram {
     /// (difflib's `quick_ratio` numerator, for ASCII exactly).
     fn overlap(&self, other: &Self) -> usize {
         match (self, other) {
+            // 128 counts of at most 255 fit a u16 sum, which vectorises
+            // better than a u32 one.
             (Histogram::Narrow(x), Histogram::Narrow(y)) => {
-                x.iter().zip(y.iter()).map(|(&x, &y)| u32::from(x.min(y))).sum::<u32>() as usize
+                x.iter().zip(y.iter()).map(|(&x, &y)| u16::from(x.min(y))).sum::<u16>() as usize
             }
             _ => {
                 let (x, y) = (self.wide(), other.wide());
@@ -323,11 +330,23 @@ impl Histogram {
     }
 }
 
+/// Zero words stored before each row of position masks: a band window may
+/// start up to 127 positions before position 0.
+const PAD_WORDS: usize = 2;
+const PAD_BITS: usize = 64 * PAD_WORDS;
+/// Zero words stored after each row: a window starts before position
+/// `len_a` (at column `j < len_b` it starts at `j - below < need <= len_a`)
+/// and reads at most 192 bits from there.
+const TAIL_WORDS: usize = 4;
+
 /// Bit masks of a text's positions per code point, for a bit-parallel
 /// longest common subsequence (Allison and Dix; Hyyrö's formulation) kept to
 /// the diagonal band that any matching of the needed size must stay in.
 struct PositionMasks {
+    /// Words covering the text's positions.
     words: usize,
+    /// Words per row: the positions with their zero padding on both sides.
+    stride: usize,
     /// Row of masks per code point; row 0 is all zeros (code points absent
     /// from the text).
     masks: Vec<u64>,
@@ -338,12 +357,13 @@ struct PositionMasks {
 impl PositionMasks {
     fn of(chars: &[char]) -> Self {
         let words = chars.len().div_ceil(64);
-        let mut table = Self { words, masks: vec![0; words], ascii: [0; 128], other: AHashMap::new() };
+        let stride = PAD_WORDS + words + TAIL_WORDS;
+        let mut table = Self { words, stride, masks: vec![0; stride], ascii: [0; 128], other: AHashMap::new() };
         for (i, &c) in chars.iter().enumerate() {
             let row = match table.row(c) {
                 0 => {
-                    let next = (table.masks.len() / words) as u32;
-                    table.masks.resize(table.masks.len() + words, 0);
+                    let next = (table.masks.len() / stride) as u32;
+                    table.masks.resize(table.masks.len() + stride, 0);
                     if (c as usize) < 128 {
                         table.ascii[c as usize] = next;
                     } else {
@@ -353,13 +373,98 @@ impl PositionMasks {
                 }
                 row => row,
             };
-            table.masks[row as usize * words + i / 64] |= 1 << (i % 64);
+            let bit = PAD_BITS + i;
+            table.masks[row as usize * stride + bit / 64] |= 1 << (bit % 64);
         }
         table
     }
 
+    #[inline]
     fn row(&self, c: char) -> u32 {
         if (c as usize) < 128 { self.ascii[c as usize] } else { self.other.get(&c).copied().unwrap_or(0) }
+    }
+
+    /// The padded row of code point `c`'s positions (bit `PAD_BITS + i` is
+    /// position `i`).
+    #[inline]
+    fn padded_row(&self, c: char) -> &[u64] {
+        let row = self.row(c) as usize;
+        &self.masks[row * self.stride..(row + 1) * self.stride]
+    }
+
+    /// An upper bound of difflib's matches between the masked text `a` and
+    /// `b`, or some value below `need` as soon as the bound can no longer
+    /// reach `need`.
+    ///
+    /// The bound is the longest common subsequence kept to the band that any
+    /// matching of `need` or more stays in (see [`Self::banded_lcs`]),
+    /// computed after taking away the texts' common prefix and suffix: an
+    /// LCS matches a common prefix diagonally, so the state after it is
+    /// known, and each of the last `suffix` columns adds at most one. The
+    /// band is one or two machine words wide at the thresholds GiGPO uses
+    /// (under 64 positions at 0.9 for texts of 300 code points), so it is
+    /// kept in a window that slides down one position per column, a few
+    /// instructions each; wider bands take the word-by-word form.
+    fn lcs_bound(&self, a: &[char], b: &[char], need: usize, work: &mut Vec<u64>) -> usize {
+        let (la, lb) = (a.len(), b.len());
+        let most = la.min(lb);
+        let prefix = common_prefix(a, b);
+        let suffix = common_prefix_rev(&a[prefix..], &b[prefix..]);
+        if prefix + suffix >= need {
+            return most;
+        }
+        let (above, below) = (la - need, lb - need);
+        let bound = match above + below + 1 {
+            w if w <= 64 => self.windowed_lcs::<u64>(b, above, below, prefix, lb - suffix, need - suffix) + suffix,
+            w if w <= 128 => self.windowed_lcs::<u128>(b, above, below, prefix, lb - suffix, need - suffix) + suffix,
+            _ => self.banded_lcs(la, b, above, below, need, work),
+        };
+        bound.min(most)
+    }
+
+    /// The banded LCS of `a` and `b[..end]` (pairs with
+    /// `j - below <= i <= j + above`) given that `a[..prefix] == b[..prefix]`,
+    /// with the band in one window word `W`; or, once the count can no longer
+    /// reach `need`, some value below `need`.
+    ///
+    /// Window bit `k` at column `j` is position `j - below + k`. A position
+    /// leaving the bottom of the window never changes again (no later column
+    /// may pair it, and nothing below it carries), so it is counted then; the
+    /// bits above the band are ones (no pair yet), and a carry into them
+    /// passes out of the top as in the full-width form.
+    fn windowed_lcs<W: BandWord>(
+        &self,
+        b: &[char],
+        above: usize,
+        below: usize,
+        prefix: usize,
+        end: usize,
+        need: usize,
+    ) -> usize {
+        // A window starts before `len_a` (see `TAIL_WORDS`): `end <= len_a + below`.
+        debug_assert!(above + below < W::BITS as usize && below < PAD_BITS && prefix <= end);
+        let band = W::low_ones(above + below + 1);
+        // After the prefix's columns the LCS table holds min(i, prefix): the
+        // prefix's positions are matches, the rest not. Those below the
+        // window are already counted.
+        let mut settled = prefix.saturating_sub(below);
+        let mut window = W::ONES & !(W::low_ones(below) & !W::low_ones(below.saturating_sub(prefix)));
+        // Rows are read from the whole table: bit `row * stride * 64 + PAD_BITS + i`
+        // is position `i` of that row's code point.
+        let row_bits = 64 * self.stride;
+        for (j, &c) in b.iter().enumerate().take(end).skip(prefix) {
+            let bit = self.row(c) as usize * row_bits + PAD_BITS + j - below;
+            let matches = W::read(&self.masks, bit) & band;
+            let u = window & matches;
+            window = window.wrapping_add(u) | (window & !matches);
+            settled += usize::from(window.low_bit_clear());
+            window = window.shift_in_one();
+            // Each remaining column adds at most one.
+            if j % 8 == 7 && settled + window.zeros() + (end - 1 - j) < need {
+                return 0;
+            }
+        }
+        settled + window.zeros()
     }
 
     /// The longest common subsequence of the masked text `a` (of `len_a`
@@ -371,9 +476,7 @@ impl PositionMasks {
     /// `(i, j)` has `i - r` unmatched positions of `a` before it and `j - r`
     /// of `b`, so `-(len_b - m) <= i - j <= len_a - m`. With `m >= need`,
     /// `above = len_a - need` and `below = len_b - need` keep every pair, so
-    /// the banded count still bounds difflib's matches from above; and the
-    /// band is narrow (under 64 positions at a threshold of 0.95 for texts
-    /// of 300 code points), so each column of `b` costs a word or two.
+    /// the banded count still bounds difflib's matches from above.
     ///
     /// Only the words under the band are updated. Below it, bits no longer
     /// change (no match, and no carry comes up from further below); above
@@ -402,9 +505,8 @@ impl PositionMasks {
                 settled += v[settled_words].count_zeros() as usize;
                 settled_words += 1;
             }
-            let row = self.row(c) as usize;
-            if row != 0 {
-                let masks = &self.masks[row * self.words..(row + 1) * self.words];
+            if self.row(c) != 0 {
+                let masks = &self.padded_row(c)[PAD_WORDS..PAD_WORDS + self.words];
                 let mut carry = 0u64;
                 for w in lo..=hi {
                     let band = band_mask(w, first, last);
@@ -424,6 +526,98 @@ impl PositionMasks {
         }
         // Padding bits above `len_a` stay ones: zeros are matches.
         settled + lcs_in(v, settled_words, self.words - 1)
+    }
+}
+
+/// The length of the common prefix, compared eight code points at a time.
+fn common_prefix(a: &[char], b: &[char]) -> usize {
+    let most = a.len().min(b.len());
+    let mut n = 0;
+    while n + 8 <= most && a[n..n + 8] == b[n..n + 8] {
+        n += 8;
+    }
+    while n < most && a[n] == b[n] {
+        n += 1;
+    }
+    n
+}
+
+/// The length of the common suffix.
+fn common_prefix_rev(a: &[char], b: &[char]) -> usize {
+    a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x == y).count()
+}
+
+/// A machine word that holds the band window of [`PositionMasks::windowed_lcs`].
+trait BandWord:
+    Copy
+    + std::ops::BitAnd<Output = Self>
+    + std::ops::BitOr<Output = Self>
+    + std::ops::Not<Output = Self>
+{
+    const BITS: u32;
+    const ONES: Self;
+    /// The `n` lowest bits set (`n <= BITS`).
+    fn low_ones(n: usize) -> Self;
+    /// Bits `bit..bit + BITS` of a row of words.
+    fn read(row: &[u64], bit: usize) -> Self;
+    fn wrapping_add(self, other: Self) -> Self;
+    fn low_bit_clear(self) -> bool;
+    /// Shifted down one position, a one entering at the top.
+    fn shift_in_one(self) -> Self;
+    fn zeros(self) -> usize;
+}
+
+/// Bits `bit..bit + 64` of a row of words (one double-word shift, no branch).
+#[inline]
+fn read_u64(row: &[u64], bit: usize) -> u64 {
+    let k = bit / 64;
+    let pair = u128::from(row[k]) | (u128::from(row[k + 1]) << 64);
+    (pair >> (bit % 64)) as u64
+}
+
+impl BandWord for u64 {
+    const BITS: u32 = 64;
+    const ONES: Self = !0;
+    fn low_ones(n: usize) -> Self {
+        if n >= 64 { !0 } else { (1 << n) - 1 }
+    }
+    fn read(row: &[u64], bit: usize) -> Self {
+        read_u64(row, bit)
+    }
+    fn wrapping_add(self, other: Self) -> Self {
+        u64::wrapping_add(self, other)
+    }
+    fn low_bit_clear(self) -> bool {
+        self & 1 == 0
+    }
+    fn shift_in_one(self) -> Self {
+        (self >> 1) | (1 << 63)
+    }
+    fn zeros(self) -> usize {
+        self.count_zeros() as usize
+    }
+}
+
+impl BandWord for u128 {
+    const BITS: u32 = 128;
+    const ONES: Self = !0;
+    fn low_ones(n: usize) -> Self {
+        if n >= 128 { !0 } else { (1 << n) - 1 }
+    }
+    fn read(row: &[u64], bit: usize) -> Self {
+        u128::from(read_u64(row, bit)) | (u128::from(read_u64(row, bit + 64)) << 64)
+    }
+    fn wrapping_add(self, other: Self) -> Self {
+        u128::wrapping_add(self, other)
+    }
+    fn low_bit_clear(self) -> bool {
+        self & 1 == 0
+    }
+    fn shift_in_one(self) -> Self {
+        (self >> 1) | (1 << 127)
+    }
+    fn zeros(self) -> usize {
+        self.count_zeros() as usize
     }
 }
 
@@ -459,11 +653,33 @@ struct Representative {
 struct ScanState {
     masks: OnceCell<PositionMasks>,
     lcs_work: Vec<u64>,
+    /// `needed_matches` for the query and each representative length (the
+    /// threshold is fixed for a scan): [`NEED_UNKNOWN`], [`NEED_NONE`] or the
+    /// count.
+    need_by_len: Vec<u32>,
 }
+
+const NEED_UNKNOWN: u32 = u32::MAX;
+const NEED_NONE: u32 = u32::MAX - 1;
 
 impl ScanState {
     fn new() -> Self {
-        Self { masks: OnceCell::new(), lcs_work: Vec::new() }
+        Self { masks: OnceCell::new(), lcs_work: Vec::new(), need_by_len: Vec::new() }
+    }
+
+    /// [`needed_matches`], computed once per representative length.
+    fn needed_matches(&mut self, len_a: usize, len_b: usize, threshold: f64) -> Option<usize> {
+        if len_b >= self.need_by_len.len() {
+            if len_b > u16::MAX as usize {
+                return needed_matches(len_a, len_b, threshold);
+            }
+            self.need_by_len.resize(len_b + 1, NEED_UNKNOWN);
+        }
+        let memo = &mut self.need_by_len[len_b];
+        if *memo == NEED_UNKNOWN {
+            *memo = needed_matches(len_a, len_b, threshold).map_or(NEED_NONE, |n| n as u32);
+        }
+        (*memo != NEED_NONE).then_some(*memo as usize)
     }
 }
 
@@ -471,7 +687,7 @@ impl ScanState {
 fn matches(query: &Query, rep: &Representative, threshold: f64, state: &mut ScanState) -> bool {
     let (la, lb) = (query.chars.len(), rep.matcher.b.len());
     // Also the length bound (difflib's real_quick_ratio).
-    let Some(need) = needed_matches(la, lb, threshold) else {
+    let Some(need) = state.needed_matches(la, lb, threshold) else {
         return false;
     };
     if let (Some(q), Some(r)) = (&query.histogram, &rep.histogram)
@@ -480,7 +696,7 @@ fn matches(query: &Query, rep: &Representative, threshold: f64, state: &mut Scan
         return false;
     }
     let masks = state.masks.get_or_init(|| PositionMasks::of(&query.chars));
-    if masks.banded_lcs(la, &rep.matcher.b, la - need, lb - need, need, &mut state.lcs_work) < need {
+    if masks.lcs_bound(&query.chars, &rep.matcher.b, need, &mut state.lcs_work) < need {
         return false;
     }
     rep.matcher.ratio_chars(&query.chars) >= threshold
@@ -689,6 +905,83 @@ mod tests {
                 if matched >= need {
                     assert!(bound >= matched, "case {case}: need {need}, matched {matched}, bound {bound}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn windowed_lcs_matches_the_dynamic_programme_after_a_common_prefix() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for case in 0..2000 {
+            let alphabet: Vec<char> = "ab cdé€xyz".chars().take(rng.random_range(1..=10)).collect();
+            let la = rng.random_range(0..260);
+            let a: Vec<char> = (0..la).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect();
+            // b shares a's first `prefix` code points, then a few edits or
+            // unrelated text.
+            let prefix = rng.random_range(0..=la);
+            let mut b: Vec<char> = a[..prefix].to_vec();
+            if case % 2 == 0 {
+                b.extend_from_slice(&a[prefix..]);
+                for _ in 0..rng.random_range(0..6) {
+                    let i = rng.random_range(prefix..=b.len());
+                    if i < b.len() && rng.random_bool(0.5) {
+                        b.remove(i);
+                    } else {
+                        b.insert(i, alphabet[rng.random_range(0..alphabet.len())]);
+                    }
+                }
+            } else {
+                let extra = rng.random_range(0..200);
+                b.extend((0..extra).map(|_| alphabet[rng.random_range(0..alphabet.len())]));
+            }
+            let prefix = common_prefix(&a, &b).min(prefix);
+            let width = rng.random_range(1..=128usize);
+            let below = rng.random_range(0..width);
+            let above = width - 1 - below;
+            // Within the contract: windows start before the end of `a`.
+            let end = rng.random_range(prefix..=b.len().min(la + below).max(prefix));
+            let masks = PositionMasks::of(&a);
+            let want = naive_banded_lcs(&a, &b[..end], above, below);
+            let got = if width <= 64 && case % 3 != 0 {
+                masks.windowed_lcs::<u64>(&b, above, below, prefix, end, 0)
+            } else {
+                masks.windowed_lcs::<u128>(&b, above, below, prefix, end, 0)
+            };
+            assert_eq!(got, want, "case {case}: la {la} lb {} prefix {prefix} end {end} above {above} below {below}", b.len());
+        }
+    }
+
+    #[test]
+    fn lcs_bound_bounds_difflib_or_falls_below_need() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut work = Vec::new();
+        for case in 0..1500 {
+            let alphabet: Vec<char> = "ab cdé€xyz".chars().take(rng.random_range(1..=10)).collect();
+            let la = rng.random_range(0..400);
+            let a: Vec<char> = (0..la).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect();
+            let mut b = a.clone();
+            for _ in 0..rng.random_range(0..40) {
+                let i = rng.random_range(0..=b.len());
+                if i < b.len() && rng.random_bool(0.5) {
+                    b.remove(i);
+                } else {
+                    b.insert(i, alphabet[rng.random_range(0..alphabet.len())]);
+                }
+            }
+            let matched = Matcher::from_chars(b.clone()).matching_size(&a);
+            let masks = PositionMasks::of(&a);
+            // Needs across the three widths: one word, two words, wider.
+            for need in [matched.saturating_sub(100), matched.saturating_sub(40), matched.saturating_sub(3), matched, matched + 1] {
+                if need > la.min(b.len()) {
+                    continue;
+                }
+                let bound = masks.lcs_bound(&a, &b, need, &mut work);
+                if matched >= need {
+                    assert!(bound >= matched, "case {case}: need {need}, matched {matched}, bound {bound}");
+                }
+                assert!(bound <= la.min(b.len()), "case {case}");
             }
         }
     }
