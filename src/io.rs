@@ -26,9 +26,13 @@
 //!
 //! A JSONL file of 100,000 rows with 270-character observations is about
 //! 45 MB, and JSON is nearly all the work of the command-line tool, so:
-//! - The file is read once as bytes and parsed in place into typed rows whose
-//!   strings borrow from the buffer (no `serde_json::Value` tree, no UTF-8
-//!   pass over the whole file: serde_json checks the strings it returns).
+//! - A large file is mapped, not read (no copy, no fresh pages), and parsed
+//!   in place into typed rows whose strings borrow from it (no
+//!   `serde_json::Value` tree). Each chunk of lines is checked as UTF-8 once,
+//!   so serde_json does not check every string again.
+//! - [`read_path_keyed`] hashes anchor texts into state keys in the parsing
+//!   threads, so texts are never copied into the batch when only their keys
+//!   are needed (the command line's exact-key estimators).
 //! - Lines are cut into chunks at newlines (`memchr`) and the chunks are
 //!   parsed in parallel (rayon); only the validating batch builder, which
 //!   interns group and trajectory ids, runs in row order.
@@ -50,6 +54,7 @@ use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 use crate::estimators::{Advantages, EstimatorConfig, EstimatorKind, Grouping, Normalization, StatsOver};
+use crate::keys::StateKeyer;
 use crate::rollout::{Anchor, BatchBuilder, RolloutBatch, StepRow};
 
 /// The tolerance of [`compare`] and of the command line's `--check`.
@@ -159,8 +164,87 @@ impl Input {
 /// ```
 pub fn read_path(path: impl AsRef<Path>) -> Result<Input> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+    let bytes = FileBytes::read(path)?;
     parse_bytes(&bytes, &path.display().to_string())
+}
+
+/// Reads a file like [`read_path`], but hashes JSONL rows' anchor texts into
+/// `keyer`'s state keys while parsing, in the parsing threads, so the batch
+/// holds keys and no text (a vector file keeps its texts).
+///
+/// An estimate from this batch equals one from [`read_path`]'s batch by an
+/// estimator with the same keyer, except under similarity grouping, which
+/// compares texts ([`Error::SimilarityNeedsText`]). It saves copying every
+/// text into the batch and hashing it afterwards on the estimator's side:
+/// the command line reads this way when its estimator groups by exact keys.
+/// Rows still may not mix `obs` and `key` anchors.
+///
+/// ```
+/// # fn main() -> g2po::Result<()> {
+/// # use g2po::AdvantageEstimator;
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("rows.jsonl");
+/// let row = |traj: &str, step: u32, obs: &str, reward: f64, ep: f64| {
+///     format!(r#"{{"group": "g", "traj": "{traj}", "step": {step}, "obs": "{obs}", "reward": {reward}, "episode_reward": {ep}, "is_action_valid": true, "response_len": 4}}"#)
+/// };
+/// let rows = [row("a", 0, "hall", 0.0, 1.0), row("a", 1, "door", 1.0, 1.0), row("b", 0, "hall", 0.0, 0.0)];
+/// std::fs::write(&path, rows.join("\n")).unwrap();
+/// let estimator = g2po::Estimator::new(g2po::EstimatorConfig::new(g2po::EstimatorKind::G2po))?;
+/// let keyed = g2po::io::read_path_keyed(&path, estimator.keyer())?;
+/// let texts = g2po::io::read_path(&path)?;
+/// assert!(!keyed.batch.has_text() && texts.batch.has_text());
+/// assert_eq!(estimator.estimate(&keyed.batch)?, estimator.estimate(&texts.batch)?);
+/// # Ok(())
+/// # }
+/// ```
+pub fn read_path_keyed(path: impl AsRef<Path>, keyer: &StateKeyer) -> Result<Input> {
+    let path = path.as_ref();
+    let bytes = FileBytes::read(path)?;
+    parse_bytes_with(&bytes, &path.display().to_string(), Some(keyer))
+}
+
+/// A file's bytes: mapped when it is a large regular file (no copy, no
+/// zeroed pages to fault in: reading 45 MB through `read` cost about a fifth
+/// of the command line's time), read into memory otherwise.
+///
+/// The usual caveat of mapping applies: a file truncated by another process
+/// while it is parsed ends the process with `SIGBUS`. ripgrep makes the same
+/// trade for the same reason.
+enum FileBytes {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl FileBytes {
+    /// Files smaller than this are read: mapping costs more than it saves.
+    const MAP_FROM: u64 = 1 << 20;
+
+    fn read(path: &Path) -> Result<Self> {
+        let io_err = |source| Error::Io { path: path.display().to_string(), source };
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        let meta = file.metadata().map_err(io_err)?;
+        if meta.is_file() && meta.len() >= Self::MAP_FROM {
+            // SAFETY: the map is only read, and only while `self` lives; the
+            // caveat above (another process truncating the file) is
+            // documented.
+            if let Ok(map) = unsafe { memmap2::MmapOptions::new().populate().map(&file) } {
+                return Ok(FileBytes::Mapped(map));
+            }
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(io_err)?;
+        Ok(FileBytes::Read(bytes))
+    }
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(map) => map,
+            FileBytes::Read(bytes) => bytes,
+        }
+    }
 }
 
 /// Parses a JSON vector document or JSONL rows (see the module docs).
@@ -183,6 +267,12 @@ pub fn parse_str(text: &str, source_name: &str) -> Result<Input> {
 /// # Ok::<(), g2po::Error>(())
 /// ```
 pub fn parse_bytes(bytes: &[u8], source_name: &str) -> Result<Input> {
+    parse_bytes_with(bytes, source_name, None)
+}
+
+/// [`parse_bytes`], hashing JSONL anchor texts with `keyer` when one is given
+/// (see [`read_path_keyed`]).
+fn parse_bytes_with(bytes: &[u8], source_name: &str, keyer: Option<&StateKeyer>) -> Result<Input> {
     let bytes = bytes.strip_prefix(BYTE_ORDER_MARK).unwrap_or(bytes);
     let Some(start) = bytes.iter().position(|b| !b.is_ascii_whitespace()) else {
         return Err(Error::EmptyBatch);
@@ -197,10 +287,10 @@ pub fn parse_bytes(bytes: &[u8], source_name: &str) -> Result<Input> {
                 Ok(probe) if probe.is_vector() => parse_vector(bytes, source_name),
                 // One object spread over several lines can only be a vector file.
                 Err(e) if e.is_eof() && more_after_first_line => parse_vector(bytes, source_name),
-                _ => parse_jsonl(bytes, source_name),
+                _ => parse_jsonl(bytes, source_name, keyer),
             }
         }
-        _ => parse_jsonl(bytes, source_name),
+        _ => parse_jsonl(bytes, source_name, keyer),
     }
 }
 
@@ -240,6 +330,8 @@ struct ParsedRow<'a> {
 enum ParsedAnchor<'a> {
     Text(Cow<'a, str>),
     Key(u64),
+    /// A text already hashed by the reader's keyer.
+    HashedText(u64),
 }
 
 impl ParsedRow<'_> {
@@ -250,7 +342,7 @@ impl ParsedRow<'_> {
             step: self.step,
             anchor: match &self.anchor {
                 ParsedAnchor::Text(text) => Anchor::Text(text),
-                ParsedAnchor::Key(key) => Anchor::Key(*key),
+                ParsedAnchor::Key(key) | ParsedAnchor::HashedText(key) => Anchor::Key(*key),
             },
             reward: self.reward,
             episode_reward: self.episode_reward,
@@ -559,6 +651,14 @@ fn parse_row<'a>(text: &'a [u8], eof: &str) -> std::result::Result<ParsedRow<'a>
     raw.into_parsed().map_err(|fault| (fault, 0, 0))
 }
 
+/// [`parse_row`] for text already known to be UTF-8: serde_json then does
+/// not check each string again.
+fn parse_row_str<'a>(text: &'a str, eof: &str) -> std::result::Result<ParsedRow<'a>, (Fault, usize, usize)> {
+    let raw: RawRow<'_> =
+        serde_json::from_str(text).map_err(|e| (Fault::Syntax(json_message(&e, eof)), e.line(), e.column()))?;
+    raw.into_parsed().map_err(|fault| (fault, 0, 0))
+}
+
 /// The rows of one chunk of whole lines.
 #[derive(Default)]
 struct Chunk<'a> {
@@ -575,7 +675,7 @@ struct Chunk<'a> {
 
 const LINE_EOF: &str = "the line ends inside the row object (each row is one complete JSON object on one line)";
 
-fn parse_chunk(text: &[u8]) -> Chunk<'_> {
+fn parse_chunk<'a>(text: &'a [u8], keyer: Option<&StateKeyer>) -> Chunk<'a> {
     let newlines = memchr::memchr_iter(b'\n', text).count();
     let mut chunk = Chunk {
         rows: Vec::with_capacity(newlines + 1),
@@ -583,25 +683,37 @@ fn parse_chunk(text: &[u8]) -> Chunk<'_> {
         newlines,
         ..Chunk::default()
     };
+    // One UTF-8 check for the whole chunk (fast for ASCII) instead of one per
+    // string; a chunk that fails is parsed from bytes, so the error names the
+    // line and column of the bad string.
+    let valid = std::str::from_utf8(text).ok();
     let mut start = 0;
     let mut line = 0;
     let ends = memchr::memchr_iter(b'\n', text).chain((text.last() != Some(&b'\n')).then_some(text.len()));
     for end in ends {
         let current = &text[start..end];
+        let parsed = match valid {
+            Some(valid) => {
+                let current = &valid[start..end];
+                (!current.bytes().all(|b| b.is_ascii_whitespace())).then(|| parse_row_str(current, LINE_EOF))
+            }
+            None => (!current.iter().all(u8::is_ascii_whitespace)).then(|| parse_row(current, LINE_EOF)),
+        };
         start = end + 1;
         line += 1;
-        if current.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match parse_row(current, LINE_EOF) {
-            Ok(row) => {
+        match parsed {
+            None => continue,
+            Some(Ok(mut row)) => {
                 if let ParsedAnchor::Text(text) = &row.anchor {
-                    chunk.text_bytes += text.len();
+                    match keyer {
+                        Some(keyer) => row.anchor = ParsedAnchor::HashedText(keyer.key(text)),
+                        None => chunk.text_bytes += text.len(),
+                    }
                 }
                 chunk.rows.push(row);
                 chunk.lines.push(line - 1);
             }
-            Err((fault, _, column)) => {
+            Some(Err((fault, _, column))) => {
                 let fault = match fault {
                     Fault::Syntax(message) if column > 0 => Fault::Syntax(format!("{message} (column {column})")),
                     other => other,
@@ -631,9 +743,9 @@ fn chunk_bounds(text: &[u8]) -> Vec<usize> {
     bounds
 }
 
-fn parse_jsonl(bytes: &[u8], source_name: &str) -> Result<Input> {
+fn parse_jsonl(bytes: &[u8], source_name: &str, keyer: Option<&StateKeyer>) -> Result<Input> {
     let bounds = chunk_bounds(bytes);
-    let chunks: Vec<Chunk<'_>> = bounds.par_windows(2).map(|w| parse_chunk(&bytes[w[0]..w[1]])).collect();
+    let chunks: Vec<Chunk<'_>> = bounds.par_windows(2).map(|w| parse_chunk(&bytes[w[0]..w[1]], keyer)).collect();
 
     // The first fault in file order wins, whichever thread found it.
     let (mut line_base, mut row_base) = (0, 0);
@@ -655,9 +767,16 @@ fn parse_jsonl(bytes: &[u8], source_name: &str) -> Result<Input> {
     let mut builder = BatchBuilder::with_capacity(row_base, text_bytes);
     let mut lines = Vec::with_capacity(row_base);
     let mut line_base = 0;
+    // Hashed texts reach the builder as keys, so mixing `obs` and `key` rows
+    // is caught here, as the builder would.
+    let hashed = |row: &ParsedRow<'_>| matches!(row.anchor, ParsedAnchor::HashedText(_));
+    let first_hashed = chunks.iter().flat_map(|c| c.rows.first()).next().map(hashed);
     for chunk in &chunks {
         for (row, line) in chunk.rows.iter().zip(&chunk.lines) {
             lines.push(line_base + line + 1);
+            if keyer.is_some() && Some(hashed(row)) != first_hashed {
+                return Err(locate(Error::MixedAnchors { row: lines.len() - 1 }, source_name, &lines, ""));
+            }
             push_row(&mut builder, row, source_name, &lines, "")?;
         }
         line_base += chunk.newlines;
@@ -845,6 +964,9 @@ struct OutputColumns<'a> {
     ints: Vec<(&'static str, &'a [i32])>,
     /// Field order: `(is_int, index)` into `floats` / `ints`.
     order: Vec<(bool, usize)>,
+    /// The text before each field's value: `{"name":` for the first,
+    /// `,"name":` after (one copy per field instead of three).
+    keys: Vec<Vec<u8>>,
 }
 
 impl<'a> OutputColumns<'a> {
@@ -870,7 +992,12 @@ impl<'a> OutputColumns<'a> {
             (0..floats.len()).map(|i| (false, i)).chain((0..ints.len()).map(|i| (true, i))).collect();
         let name = |&(is_int, i): &(bool, usize)| if is_int { ints[i].0 } else { floats[i].0 };
         order.sort_by_key(name);
-        Self { floats, ints, order }
+        let keys = order
+            .iter()
+            .enumerate()
+            .map(|(n, f)| format!("{}\"{}\":", if n == 0 { '{' } else { ',' }, name(f)).into_bytes())
+            .collect();
+        Self { floats, ints, order, keys }
     }
 
     fn name(&self, (is_int, i): (bool, usize)) -> &'static str {
@@ -903,10 +1030,8 @@ impl<'a> OutputColumns<'a> {
     fn write_row(&self, row: usize, out: &mut Vec<u8>) {
         let mut floats = zmij::Buffer::new();
         let mut ints = itoa::Buffer::new();
-        for (n, &field) in self.order.iter().enumerate() {
-            out.extend_from_slice(if n == 0 { b"{\"" } else { b",\"" });
-            out.extend_from_slice(self.name(field).as_bytes());
-            out.extend_from_slice(b"\":");
+        for (key, &field) in self.keys.iter().zip(&self.order) {
+            out.extend_from_slice(key);
             match field {
                 (true, i) => out.extend_from_slice(ints.format(self.ints[i].1[row]).as_bytes()),
                 (false, i) => out.extend_from_slice(floats.format_finite(self.floats[i].1[row]).as_bytes()),
@@ -972,22 +1097,40 @@ pub fn write_jsonl(adv: &Advantages, mut writer: impl Write) -> Result<()> {
     columns.check(rows)?;
     let chunks: Vec<std::ops::Range<usize>> =
         (0..rows).step_by(ROWS_PER_CHUNK).map(|start| start..(start + ROWS_PER_CHUNK).min(rows)).collect();
-    // A window of chunks is formatted in parallel, then written in order, so
-    // memory stays bounded whatever the batch size.
+    // A window of chunks is formatted in parallel on the pool while this
+    // thread writes the window before it, so formatting and writing overlap;
+    // memory stays at two windows whatever the batch size.
     let window = 4 * rayon::current_num_threads();
-    let mut buffers: Vec<Vec<u8>> = vec![Vec::new(); window.min(chunks.len())];
-    for group in chunks.chunks(window) {
+    let format = |buffers: &mut Vec<Vec<u8>>, group: &[std::ops::Range<usize>]| {
+        buffers.resize_with(group.len(), Vec::new);
         buffers.par_iter_mut().zip(group).for_each(|(buffer, range)| {
             buffer.clear();
             for row in range.clone() {
                 columns.write_row(row, buffer);
             }
         });
-        for buffer in &buffers[..group.len()] {
+    };
+    let write = |writer: &mut dyn Write, buffers: &[Vec<u8>]| -> Result<()> {
+        for buffer in buffers {
             writer.write_all(buffer).map_err(|source| Error::Io { path: "<output>".into(), source })?;
         }
+        Ok(())
+    };
+    let mut groups = chunks.chunks(window);
+    let (mut ready, mut next) = (Vec::new(), Vec::new());
+    if let Some(first) = groups.next() {
+        format(&mut ready, first);
     }
-    Ok(())
+    for group in groups {
+        let mut written = Ok(());
+        rayon::in_place_scope(|scope| {
+            scope.spawn(|_| format(&mut next, group));
+            written = write(&mut writer, &ready);
+        });
+        written?;
+        std::mem::swap(&mut ready, &mut next);
+    }
+    write(&mut writer, &ready)
 }
 
 // ---------------------------------------------------------------- checking

@@ -151,6 +151,10 @@ pub struct BatchBuilder {
     next_row: Vec<u32>,
     /// Rows and anchor-text bytes to reserve when the anchors column starts.
     capacity: (usize, usize),
+    /// The previous row's group and trajectory: rows usually come a
+    /// trajectory at a time, and comparing the id with the previous one is
+    /// cheaper than hashing it.
+    previous: Option<(u32, u32)>,
 }
 
 impl BatchBuilder {
@@ -224,12 +228,19 @@ impl BatchBuilder {
                 reason: format!("a batch holds at most {} rows", NO_NEXT - 1),
             });
         }
-        let group = match self.group_lookup.get(row.group) {
-            Some(&g) => g,
+        let (same_group, same_traj) = match self.previous {
+            Some((g, t)) => (
+                (self.group_ids[g as usize] == row.group).then_some(g),
+                (self.traj_ids[t as usize] == row.traj).then_some(t),
+            ),
+            None => (None, None),
+        };
+        let group = match same_group.or_else(|| self.group_lookup.get(row.group).copied()) {
+            Some(g) => g,
             None => self.group_ids.len() as u32,
         };
-        let traj = match self.traj_lookup.get(row.traj) {
-            Some(&t) => {
+        let traj = match same_traj.or_else(|| self.traj_lookup.get(row.traj).copied()) {
+            Some(t) => {
                 let state = self.trajs[t as usize];
                 if state.group != group {
                     return Err(Error::TrajectoryInTwoGroups {
@@ -334,6 +345,7 @@ impl BatchBuilder {
             }
             _ => unreachable!("mixed anchors were rejected above"),
         }
+        self.previous = Some((group, traj));
         self.group.push(group);
         self.traj.push(traj);
         self.step.push(row.step);
@@ -475,6 +487,7 @@ impl BatchBuilder {
         if rows == 0 {
             self.anchors = None;
         }
+        self.previous = rows.checked_sub(1).map(|last| (self.group[last], self.traj[last]));
     }
 
     fn row_of_step(&self, first_row: u32, step: u32) -> usize {
@@ -924,6 +937,7 @@ impl RolloutBatch {
             response_len,
             next_row,
             capacity: (0, 0),
+            previous: None,
         };
         builder.build()
     }

@@ -318,6 +318,25 @@ fn trajectory_in_two_groups() {
     let batch = b.build().unwrap();
     // The rejected row for the unseen group "g3" must not have registered it.
     assert_eq!(batch.group_ids(), &["g1", "g2"]);
+
+    // The same right after the trajectory's previous row (the builder's
+    // shortcut for a repeated trajectory id must still check the group).
+    let mut b = RolloutBatch::builder();
+    b.push_step(row("g1", "t", 0, "a")).unwrap();
+    match b.push_step(row("g2", "t", 1, "b")) {
+        Err(Error::TrajectoryInTwoGroups { row: 1, first_group, group, .. }) => {
+            assert_eq!((first_group.as_str(), group.as_str()), ("g1", "g2"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // And a rejected row leaves the shortcut pointing at the last good row.
+    b.push_step(row("g1", "t", 1, "b")).unwrap();
+    assert!(matches!(b.push_step(row("g1", "t", 1, "b")), Err(Error::DuplicateStep { row: 2, .. })));
+    b.push_step(row("g1", "u", 0, "a")).unwrap();
+    b.push_step(row("g1", "t", 2, "c")).unwrap();
+    let batch = b.build().unwrap();
+    assert_eq!(batch.trajectories(), &[0, 0, 1, 0]);
+    assert_eq!(batch.steps(), &[0, 1, 0, 2]);
 }
 
 #[test]

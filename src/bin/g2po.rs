@@ -284,12 +284,15 @@ impl EstimatorArgs {
         cfg
     }
 
-    fn estimator(&self, config: EstimatorConfig) -> g2po::Result<Estimator> {
-        let keyer = match self.canonicalize {
+    fn keyer(&self) -> StateKeyer {
+        match self.canonicalize {
             Canon::None => StateKeyer::new(),
             Canon::TextEnv => StateKeyer::text_env(),
-        };
-        Ok(Estimator::new(config)?.with_keyer(keyer))
+        }
+    }
+
+    fn estimator(&self, config: EstimatorConfig) -> g2po::Result<Estimator> {
+        Ok(Estimator::new(config)?.with_keyer(self.keyer()))
     }
 }
 
@@ -450,7 +453,13 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> g2po::Error + '_ {
 
 fn advantages(args: &AdvantagesArgs) -> g2po::Result<bool> {
     let destination = Destination::new(&args.output, &args.input)?;
-    let input = g2po::io::read_path(&args.input)?;
+    // Unless texts are compared (similarity grouping), JSONL texts are hashed
+    // as they are parsed and never copied; a vector file keeps its texts, so
+    // the grouping its header states still works.
+    let input = match args.estimator.similarity {
+        None => g2po::io::read_path_keyed(&args.input, &args.estimator.keyer())?,
+        Some(_) => g2po::io::read_path(&args.input)?,
+    };
     // Fail before computing or writing anything.
     let expected = match (&input.header, args.check) {
         (_, false) => None,
@@ -588,7 +597,13 @@ fn graph(args: &GraphArgs) -> g2po::Result<bool> {
         });
     }
     let destination = Destination::new(&args.output, &args.input)?;
-    let input = g2po::io::read_path(&args.input)?;
+    // Unless texts are compared (similarity grouping), JSONL texts are hashed
+    // as they are parsed and never copied; a vector file keeps its texts, so
+    // the grouping its header states still works.
+    let input = match args.estimator.similarity {
+        None => g2po::io::read_path_keyed(&args.input, &args.estimator.keyer())?,
+        Some(_) => g2po::io::read_path(&args.input)?,
+    };
     let config = EstimatorConfig {
         kind: EstimatorKind::G2po,
         ..args.estimator.config(input.header.as_ref().map(|h| &h.config))

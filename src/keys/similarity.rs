@@ -549,10 +549,7 @@ fn common_prefix_rev(a: &[char], b: &[char]) -> usize {
 
 /// A machine word that holds the band window of [`PositionMasks::windowed_lcs`].
 trait BandWord:
-    Copy
-    + std::ops::BitAnd<Output = Self>
-    + std::ops::BitOr<Output = Self>
-    + std::ops::Not<Output = Self>
+    Copy + std::ops::BitAnd<Output = Self> + std::ops::BitOr<Output = Self> + std::ops::Not<Output = Self>
 {
     const BITS: u32;
     const ONES: Self;
@@ -948,7 +945,12 @@ mod tests {
             } else {
                 masks.windowed_lcs::<u128>(&b, above, below, prefix, end, 0)
             };
-            assert_eq!(got, want, "case {case}: la {la} lb {} prefix {prefix} end {end} above {above} below {below}", b.len());
+            assert_eq!(
+                got,
+                want,
+                "case {case}: la {la} lb {} prefix {prefix} end {end} above {above} below {below}",
+                b.len()
+            );
         }
     }
 
@@ -973,7 +975,13 @@ mod tests {
             let matched = Matcher::from_chars(b.clone()).matching_size(&a);
             let masks = PositionMasks::of(&a);
             // Needs across the three widths: one word, two words, wider.
-            for need in [matched.saturating_sub(100), matched.saturating_sub(40), matched.saturating_sub(3), matched, matched + 1] {
+            for need in [
+                matched.saturating_sub(100),
+                matched.saturating_sub(40),
+                matched.saturating_sub(3),
+                matched,
+                matched + 1,
+            ] {
                 if need > la.min(b.len()) {
                     continue;
                 }

@@ -1,0 +1,188 @@
+//! File reading and writing at scale: mapped large files, texts hashed while
+//! parsing (`io::read_path_keyed`), the UTF-8 check per chunk, and the
+//! pipelined JSONL writer, each against the plain path it must equal.
+
+use std::io::Write;
+
+use g2po::keys::StateKeyer;
+use g2po::{AdvantageEstimator, Error, Estimator, EstimatorConfig, EstimatorKind, Grouping};
+use serde_json::Value;
+
+const EXAMPLE_ROWS: &str = include_str!("../examples/rollouts.jsonl");
+
+/// The example rollouts repeated under renamed groups and trajectories until
+/// the text is at least `bytes` long.
+fn repeated_rows(bytes: usize) -> String {
+    let mut out = String::new();
+    let mut copy = 0;
+    while out.len() < bytes {
+        for line in EXAMPLE_ROWS.lines() {
+            let mut row: Value = serde_json::from_str(line).unwrap();
+            for field in ["group", "traj"] {
+                let id = row[field].as_str().unwrap().to_owned();
+                row[field] = Value::String(format!("copy{copy}/{id}"));
+            }
+            out.push_str(&row.to_string());
+            out.push('\n');
+        }
+        copy += 1;
+    }
+    out
+}
+
+fn write_file(dir: &tempfile::TempDir, name: &str, text: &[u8]) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn keyed_reading_estimates_like_reading_texts() {
+    let dir = tempfile::tempdir().unwrap();
+    // Over the size from which files are mapped, and several parse chunks.
+    let text = repeated_rows(3 << 20);
+    let path = write_file(&dir, "rows.jsonl", text.as_bytes());
+    for text_env in [false, true] {
+        for kind in [EstimatorKind::G2po, EstimatorKind::Gigpo, EstimatorKind::Grpo, EstimatorKind::G2poTree] {
+            let keyer = if text_env { StateKeyer::text_env() } else { StateKeyer::new() };
+            let estimator = Estimator::new(EstimatorConfig::new(kind)).unwrap().with_keyer(keyer);
+            let keyed = g2po::io::read_path_keyed(&path, estimator.keyer()).unwrap();
+            let texts = g2po::io::read_path(&path).unwrap();
+            assert!(!keyed.batch.has_text() && texts.batch.has_text());
+            assert_eq!(keyed.batch.len(), texts.batch.len());
+            assert_eq!(keyed.line(keyed.batch.len() - 1), texts.line(texts.batch.len() - 1));
+            let want = estimator.estimate(&texts.batch).unwrap();
+            assert_eq!(estimator.estimate(&keyed.batch).unwrap(), want, "{kind:?}");
+            // And the same keys the estimator would compute from the texts.
+            let keys = keyed.batch.keys().unwrap();
+            for row in [0, 1, keyed.batch.len() / 2, keyed.batch.len() - 1] {
+                let g2po::Anchor::Text(obs) = texts.batch.anchor(row) else { panic!("text") };
+                assert_eq!(keys[row], estimator.keyer().key(obs));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_mapped_file_parses_like_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = repeated_rows(2 << 20);
+    let path = write_file(&dir, "rows.jsonl", text.as_bytes());
+    let mapped = g2po::io::read_path(&path).unwrap();
+    let parsed = g2po::io::parse_str(&text, "rows.jsonl").unwrap();
+    let estimator = Estimator::new(EstimatorConfig::new(EstimatorKind::G2po)).unwrap();
+    assert_eq!(mapped.batch.len(), parsed.batch.len());
+    assert_eq!(mapped.batch.group_ids(), parsed.batch.group_ids());
+    assert_eq!(mapped.batch.traj_ids(), parsed.batch.traj_ids());
+    assert_eq!(estimator.estimate(&mapped.batch).unwrap(), estimator.estimate(&parsed.batch).unwrap());
+}
+
+#[test]
+fn keyed_reading_rejects_mixed_anchors_at_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = [
+        r#"{"group": "g", "traj": "a", "step": 0, "obs": "hall", "reward": 0, "episode_reward": 0, "is_action_valid": true, "response_len": 1}"#,
+        r#"{"group": "g", "traj": "a", "step": 1, "key": 7, "reward": 0, "episode_reward": 0, "is_action_valid": true, "response_len": 1}"#,
+    ];
+    let path = write_file(&dir, "mixed.jsonl", rows.join("\n").as_bytes());
+    let keyed = g2po::io::read_path_keyed(&path, &StateKeyer::new()).unwrap_err();
+    let plain = g2po::io::read_path(&path).unwrap_err();
+    assert_eq!(keyed.to_string(), plain.to_string());
+    assert!(keyed.to_string().contains("mixed.jsonl:2:"), "{keyed}");
+    assert!(matches!(keyed, Error::InFile { ref error, .. } if matches!(**error, Error::MixedAnchors { row: 1 })));
+    // Keys first, then a text: the same.
+    let path = write_file(
+        &dir,
+        "mixed2.jsonl",
+        format!("{}\n{}", rows[1].replace("\"step\": 1", "\"step\": 0"), rows[0].replace("\"step\": 0", "\"step\": 1"))
+            .as_bytes(),
+    );
+    let keyed = g2po::io::read_path_keyed(&path, &StateKeyer::new()).unwrap_err();
+    assert_eq!(keyed.to_string(), g2po::io::read_path(&path).unwrap_err().to_string());
+}
+
+#[test]
+fn similarity_needs_the_texts_a_keyed_batch_does_not_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(&dir, "rows.jsonl", EXAMPLE_ROWS.as_bytes());
+    let estimator = Estimator::new(EstimatorConfig {
+        grouping: Grouping::Similarity { threshold: 0.95 },
+        ..EstimatorConfig::new(EstimatorKind::Gigpo)
+    })
+    .unwrap();
+    let keyed = g2po::io::read_path_keyed(&path, estimator.keyer()).unwrap();
+    assert!(matches!(estimator.estimate(&keyed.batch), Err(Error::SimilarityNeedsText)));
+    assert!(estimator.estimate(&g2po::io::read_path(&path).unwrap().batch).is_ok());
+}
+
+#[test]
+fn invalid_utf8_is_a_parse_error_at_its_line_in_small_and_mapped_files() {
+    let dir = tempfile::tempdir().unwrap();
+    for size in [0, 2 << 20] {
+        let mut text = repeated_rows(size).into_bytes();
+        let bad_line = 1 + text.iter().filter(|&&b| b == b'\n').count();
+        text.extend_from_slice(
+            b"{\"group\": \"g\", \"traj\": \"t\", \"step\": 0, \"obs\": \"caf\xE9\", \"reward\": 0, \"episode_reward\": 0, \
+              \"is_action_valid\": true, \"response_len\": 1}\n",
+        );
+        text.extend_from_slice(EXAMPLE_ROWS.lines().next().unwrap().as_bytes());
+        let path = write_file(&dir, "bad.jsonl", &text);
+        for err in
+            [g2po::io::read_path(&path).unwrap_err(), g2po::io::read_path_keyed(&path, &StateKeyer::new()).unwrap_err()]
+        {
+            match err {
+                Error::Parse { line, ref message, .. } => {
+                    assert_eq!(line, bad_line, "{err}");
+                    assert!(message.contains("column"), "{err}");
+                }
+                other => panic!("expected a parse error, got {other}"),
+            }
+        }
+    }
+}
+
+/// A writer that fails after `room` bytes.
+struct FailingWriter {
+    room: usize,
+}
+
+impl Write for FailingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.room == 0 {
+            return Err(std::io::Error::other("disk full"));
+        }
+        let n = buf.len().min(self.room);
+        self.room -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn pipelined_writing_equals_the_rows_and_stops_at_a_writer_error() {
+    // Enough rows for several windows of formatted chunks.
+    let text = repeated_rows(12 << 20);
+    let input = g2po::io::parse_str(&text, "rows.jsonl").unwrap();
+    let estimator = Estimator::new(EstimatorConfig::new(EstimatorKind::G2po)).unwrap();
+    let adv = estimator.estimate(&input.batch).unwrap();
+    assert!(adv.len() > 40_000, "{} rows", adv.len());
+    let mut out = Vec::new();
+    g2po::io::write_jsonl(&adv, &mut out).unwrap();
+    let lines: Vec<&str> = std::str::from_utf8(&out).unwrap().lines().collect();
+    assert_eq!(lines.len(), adv.len());
+    for row in (0..adv.len()).step_by(997).chain([adv.len() - 1]) {
+        let written: Value = serde_json::from_str(lines[row]).unwrap();
+        assert_eq!(written, g2po::io::row_json(&adv, row), "row {row}");
+    }
+    // The same bytes whatever the pool size.
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let mut single = Vec::new();
+    one.install(|| g2po::io::write_jsonl(&adv, &mut single)).unwrap();
+    assert_eq!(single, out);
+    for room in [0, 100, out.len() / 2] {
+        let err = g2po::io::write_jsonl(&adv, FailingWriter { room }).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+    }
+}
