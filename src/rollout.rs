@@ -133,6 +133,14 @@ struct TrajState {
 /// assert_eq!(batch.len(), 2);
 /// # Ok::<(), g2po::Error>(())
 /// ```
+/// Which of a row's ids are known to equal the previous row's
+/// ([`BatchBuilder::push_step_with`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct SameIds {
+    pub group: bool,
+    pub traj: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct BatchBuilder {
     group_ids: Vec<String>,
@@ -207,6 +215,13 @@ impl BatchBuilder {
     /// assert!(matches!(b.push_step(row), Err(Error::NonFinite { row: 0, field: "reward", .. })));
     /// ```
     pub fn push_step(&mut self, row: StepRow<'_>) -> Result<()> {
+        self.push_step_with(row, SameIds::default())
+    }
+
+    /// [`Self::push_step`] for a reader that already knows whether the row's
+    /// group and trajectory ids equal the previous row's (it compared them
+    /// while the bytes were in its cache), so this pass need not touch them.
+    pub(crate) fn push_step_with(&mut self, row: StepRow<'_>, same: SameIds) -> Result<()> {
         let index = self.len();
         for (field, value) in [("reward", row.reward), ("episode_reward", row.episode_reward)] {
             if !value.is_finite() {
@@ -230,8 +245,8 @@ impl BatchBuilder {
         }
         let (same_group, same_traj) = match self.previous {
             Some((g, t)) => (
-                (self.group_ids[g as usize] == row.group).then_some(g),
-                (self.traj_ids[t as usize] == row.traj).then_some(t),
+                (same.group || self.group_ids[g as usize] == row.group).then_some(g),
+                (same.traj || self.traj_ids[t as usize] == row.traj).then_some(t),
             ),
             None => (None, None),
         };

@@ -186,3 +186,55 @@ fn pipelined_writing_equals_the_rows_and_stops_at_a_writer_error() {
         assert!(matches!(err, Error::Io { .. }), "{err}");
     }
 }
+
+#[test]
+fn ids_read_from_a_file_equal_the_builders_whatever_their_order() {
+    use g2po::{Anchor, RolloutBatch, StepRow};
+    // Rows a trajectory at a time, then interleaved, then a trajectory
+    // repeated right after itself under another group (an error).
+    let rows: Vec<(&str, &str, u32)> = vec![
+        ("g1", "a", 0),
+        ("g1", "a", 1),
+        ("g1", "b", 0),
+        ("g2", "c", 0),
+        ("g1", "b", 1),
+        ("g2", "c", 1),
+        ("g2", "d", 0),
+        ("g1", "a", 2),
+        ("g2", "d", 1),
+    ];
+    let line = |(g, t, s): (&str, &str, u32)| {
+        format!(
+            r#"{{"group": "{g}", "traj": "{t}", "step": {s}, "key": {s}, "reward": 0, "episode_reward": 0, "is_action_valid": true, "response_len": 1}}"#
+        )
+    };
+    let text: Vec<String> = rows.iter().copied().map(line).collect();
+    let read = g2po::io::parse_str(&text.join("\n"), "rows.jsonl").unwrap().batch;
+    let mut b = RolloutBatch::builder();
+    for &(group, traj, step) in &rows {
+        b.push_step(StepRow {
+            group,
+            traj,
+            step,
+            anchor: Anchor::Key(step as u64),
+            reward: 0.0,
+            episode_reward: 0.0,
+            valid: true,
+            response_len: 1,
+        })
+        .unwrap();
+    }
+    let built = b.build().unwrap();
+    assert_eq!(read.groups(), built.groups());
+    assert_eq!(read.trajectories(), built.trajectories());
+    assert_eq!(read.group_ids(), built.group_ids());
+    assert_eq!(read.traj_ids(), built.traj_ids());
+
+    let mut bad = text.clone();
+    bad.push(line(("g2", "d", 2)).replace("\"g2\"", "\"g1\""));
+    let err = g2po::io::parse_str(&bad.join("\n"), "rows.jsonl").unwrap_err();
+    assert!(
+        matches!(err, Error::InFile { line: 10, ref error, .. } if matches!(**error, Error::TrajectoryInTwoGroups { .. })),
+        "{err}"
+    );
+}

@@ -55,7 +55,7 @@ use serde_json::value::RawValue;
 use crate::error::{Error, Result};
 use crate::estimators::{Advantages, EstimatorConfig, EstimatorKind, Grouping, Normalization, StatsOver};
 use crate::keys::StateKeyer;
-use crate::rollout::{Anchor, BatchBuilder, RolloutBatch, StepRow};
+use crate::rollout::{Anchor, BatchBuilder, RolloutBatch, SameIds, StepRow};
 
 /// The tolerance of [`compare`] and of the command line's `--check`.
 pub const CHECK_TOLERANCE: f64 = 1e-4;
@@ -325,6 +325,8 @@ struct ParsedRow<'a> {
     episode_reward: f64,
     valid: bool,
     response_len: u32,
+    /// Whether the ids equal the previous row's in the same chunk.
+    same: SameIds,
 }
 
 enum ParsedAnchor<'a> {
@@ -623,7 +625,17 @@ impl<'a> RawRow<'a> {
             other => return Err(wrong_type(Field::Valid, "true or false", &other)),
         };
         let response_len = self.count(Field::ResponseLen)?;
-        Ok(ParsedRow { group, traj, step, anchor, reward, episode_reward, valid, response_len })
+        Ok(ParsedRow {
+            group,
+            traj,
+            step,
+            anchor,
+            reward,
+            episode_reward,
+            valid,
+            response_len,
+            same: SameIds::default(),
+        })
     }
 }
 
@@ -704,6 +716,9 @@ fn parse_chunk<'a>(text: &'a [u8], keyer: Option<&StateKeyer>) -> Chunk<'a> {
         match parsed {
             None => continue,
             Some(Ok(mut row)) => {
+                if let Some(previous) = chunk.rows.last() {
+                    row.same = SameIds { group: previous.group == row.group, traj: previous.traj == row.traj };
+                }
                 if let ParsedAnchor::Text(text) = &row.anchor {
                     match keyer {
                         Some(keyer) => row.anchor = ParsedAnchor::HashedText(keyer.key(text)),
@@ -791,7 +806,7 @@ fn push_row(
     lines: &[usize],
     prefix: &str,
 ) -> Result<()> {
-    builder.push_step(row.step_row()).map_err(|e| locate(e, source_name, lines, prefix))
+    builder.push_step_with(row.step_row(), row.same).map_err(|e| locate(e, source_name, lines, prefix))
 }
 
 /// Restates a row error at the row's line, naming other rows by their lines
