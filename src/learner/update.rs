@@ -402,11 +402,54 @@ impl std::fmt::Debug for Learner {
 }
 
 /// One mini-batch's outcome.
-struct StepResult {
-    loss: f64,
-    diagnostics: LossDiagnostics,
-    grad_norm: f64,
-    tokens: usize,
+/// One mini-batch step's outcome, as [`run_epochs`] sums it.
+pub(crate) struct MinibatchStep {
+    pub loss: f64,
+    pub diagnostics: LossDiagnostics,
+    pub grad_norm: f64,
+    pub tokens: usize,
+}
+
+/// The update loop both learners share (the toy policy's [`Learner`] and the
+/// language model's `lm::LmLearner`): up to `ppo_epochs` passes over `rows`
+/// rows in mini-batches shuffled by `rng`, `step` called once per mini-batch
+/// with its row indices, stopping after an epoch whose last mini-batch's k3
+/// approximate KL exceeded `target_kl` (CleanRL's rule). Loss and
+/// diagnostics are averaged over tokens, the gradient norm over mini-batches.
+pub(crate) fn run_epochs<E>(
+    config: &LearnerConfig,
+    rows: usize,
+    rng: &mut ChaCha8Rng,
+    mut step: impl FnMut(&[usize]) -> std::result::Result<MinibatchStep, E>,
+) -> std::result::Result<UpdateStats, E> {
+    let mut stats = UpdateStats::default();
+    let mut sum = LossDiagnostics::default();
+    let mut grad_norm_sum = 0.0;
+    let mut order: Vec<usize> = (0..rows).collect();
+    for _ in 0..config.ppo_epochs {
+        order.shuffle(rng);
+        let mut last_kl = 0.0;
+        for chunk in order.chunks(config.minibatch_size) {
+            let step = step(chunk)?;
+            let w = step.tokens as f64;
+            stats.loss += w * step.loss;
+            add_weighted(&mut sum, &step.diagnostics, w);
+            stats.tokens += step.tokens;
+            grad_norm_sum += step.grad_norm;
+            stats.minibatches += 1;
+            last_kl = step.diagnostics.approx_kl_old_k3;
+        }
+        stats.epochs += 1;
+        if config.target_kl.is_some_and(|t| last_kl > t) {
+            stats.early_stopped = stats.epochs < config.ppo_epochs;
+            break;
+        }
+    }
+    let total = stats.tokens as f64;
+    stats.loss /= total;
+    add_weighted(&mut stats.diagnostics, &sum, 1.0 / total);
+    stats.grad_norm = grad_norm_sum / stats.minibatches as f64;
+    Ok(stats)
 }
 
 fn policy_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> LearnerError {
@@ -478,35 +521,13 @@ impl Learner {
         if self.config.loss.kl.is_some() && reference.is_none() {
             return Err(LearnerError::BadInput("the loss has a KL term but no reference policy was given".into()));
         }
-        let mut stats = UpdateStats::default();
-        let mut grad_norm_sum = 0.0;
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        for _ in 0..self.config.ppo_epochs {
-            order.shuffle(&mut self.rng);
-            let mut last_kl = 0.0;
-            for chunk in order.chunks(self.config.minibatch_size) {
-                let step = self.step(policy, reference, batch, chunk)?;
-                let w = step.tokens as f64;
-                stats.loss += w * step.loss;
-                add_weighted(&mut stats.diagnostics, &step.diagnostics, w);
-                stats.tokens += step.tokens;
-                grad_norm_sum += step.grad_norm;
-                stats.minibatches += 1;
-                last_kl = step.diagnostics.approx_kl_old_k3;
-            }
-            stats.epochs += 1;
-            if self.config.target_kl.is_some_and(|t| last_kl > t) {
-                stats.early_stopped = stats.epochs < self.config.ppo_epochs;
-                break;
-            }
-        }
-        let total = stats.tokens as f64;
-        stats.loss /= total;
-        let sum = stats.diagnostics;
-        stats.diagnostics = LossDiagnostics::default();
-        add_weighted(&mut stats.diagnostics, &sum, 1.0 / total);
-        stats.grad_norm = grad_norm_sum / stats.minibatches as f64;
-        Ok(stats)
+        let config = self.config;
+        // The driver borrows the generator while each step borrows the
+        // learner: the generator goes back whatever the outcome.
+        let mut rng = self.rng.clone();
+        let stats = run_epochs(&config, batch.len(), &mut rng, |chunk| self.step(policy, reference, batch, chunk));
+        self.rng = rng;
+        stats
     }
 
     /// One mini-batch (the rows `chunk` of `batch`): loss, backward, clip,
@@ -517,7 +538,7 @@ impl Learner {
         reference: Option<&P>,
         batch: &UpdateBatch,
         chunk: &[usize],
-    ) -> Result<StepResult> {
+    ) -> Result<MinibatchStep> {
         let shape = (chunk.len(), batch.max_len());
         let rows = batch.rows();
         let tokens = TokenBatch::new(
@@ -579,6 +600,6 @@ impl Learner {
             return Err(LearnerError::NonFiniteGradient(grad_norm));
         }
         self.optimizer.step(&grads)?;
-        Ok(StepResult { loss: loss_value, diagnostics, grad_norm, tokens: masked_tokens })
+        Ok(MinibatchStep { loss: loss_value, diagnostics, grad_norm, tokens: masked_tokens })
     }
 }

@@ -22,11 +22,11 @@ use candle_core::{DType, Device, Tensor, TensorId, Var};
 use candle_nn::{AdamW, Optimizer};
 use ndarray::{Array2, Axis, s};
 use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use super::error::{LmError, Result};
 use super::policy::SmolLmPolicy;
+use crate::learner::update::{MinibatchStep, run_epochs};
 use crate::learner::{
     LearnerConfig, LearnerError, LossAggregation, LossDiagnostics, LossTensors, TrainablePolicy, UpdateBatch,
     UpdateStats, clip_grad_norm, grpo_loss_tensors,
@@ -65,14 +65,6 @@ fn block(a: &Array2<f32>, rows: &[usize], width: usize, device: &Device) -> Resu
     let sel = a.select(Axis(0), rows);
     let sel = sel.slice(s![.., ..width]);
     Ok(Tensor::from_vec(sel.iter().copied().collect::<Vec<f32>>(), (rows.len(), width), device)?)
-}
-
-/// One mini-batch's outcome.
-struct Step {
-    loss: f64,
-    diagnostics: LossDiagnostics,
-    grad_norm: f64,
-    tokens: usize,
 }
 
 impl LmLearner {
@@ -124,34 +116,13 @@ impl LmLearner {
         if self.config.loss.kl.is_some() && reference.is_none() {
             return Err(LmError::BadInput("the loss has a KL term but no reference policy was given".into()));
         }
-        let mut stats = UpdateStats::default();
-        let mut sum = LossDiagnostics::default();
-        let mut grad_norm_sum = 0.0;
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        for _ in 0..self.config.ppo_epochs {
-            order.shuffle(&mut self.rng);
-            let mut last_kl = 0.0;
-            for chunk in order.chunks(self.config.minibatch_size) {
-                let step = self.step(policy, reference, batch, chunk)?;
-                let w = step.tokens as f64;
-                stats.loss += w * step.loss;
-                add_weighted(&mut sum, &step.diagnostics, w, w);
-                stats.tokens += step.tokens;
-                grad_norm_sum += step.grad_norm;
-                stats.minibatches += 1;
-                last_kl = step.diagnostics.approx_kl_old_k3;
-            }
-            stats.epochs += 1;
-            if self.config.target_kl.is_some_and(|t| last_kl > t) {
-                stats.early_stopped = stats.epochs < self.config.ppo_epochs;
-                break;
-            }
-        }
-        let total = stats.tokens as f64;
-        stats.loss /= total;
-        add_weighted(&mut stats.diagnostics, &sum, 1.0 / total, 1.0 / total);
-        stats.grad_norm = grad_norm_sum / stats.minibatches as f64;
-        Ok(stats)
+        let config = self.config;
+        // The driver borrows the generator while each step borrows the
+        // learner: the generator goes back whatever the outcome.
+        let mut rng = self.rng.clone();
+        let stats = run_epochs(&config, batch.len(), &mut rng, |chunk| self.step(policy, reference, batch, chunk));
+        self.rng = rng;
+        stats
     }
 
     /// One mini-batch (rows `chunk` of `batch`): one group step per prompt
@@ -162,7 +133,7 @@ impl LmLearner {
         reference: Option<&SmolLmPolicy>,
         batch: &UpdateBatch,
         chunk: &[usize],
-    ) -> Result<Step> {
+    ) -> Result<MinibatchStep> {
         let rows = batch.rows();
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         for &i in chunk {
@@ -231,7 +202,7 @@ impl LmLearner {
             return Err(LmError::from(LearnerError::NonFiniteGradient(grad_norm)));
         }
         self.optimizer.step(&grads)?;
-        Ok(Step { loss: loss_value, diagnostics, grad_norm, tokens: total_tokens })
+        Ok(MinibatchStep { loss: loss_value, diagnostics, grad_norm, tokens: total_tokens })
     }
 }
 
