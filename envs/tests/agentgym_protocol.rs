@@ -6,12 +6,12 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Fault, FaultyServer, dead_url};
-use g2po_envs::agentgym::{AgentGymSpec, Call, EnvServer, ProtocolError, ProtocolErrorKind, ServerConfig};
+use common::{Fault, FaultyServer, dead_url, protocol, raw};
+use g2po_envs::agentgym::{AgentGymSpec, Call, EnvServer, ProtocolErrorKind, ServerConfig};
 use g2po_envs::{EnvError, EnvKind, Environment, Observation, StepOutcome, make_env_with_seed};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn server(kind: EnvKind, max_instances: usize) -> EnvServer {
     EnvServer::start(kind, "127.0.0.1:0", ServerConfig { max_instances, threads: 4 }).unwrap()
@@ -19,27 +19,6 @@ fn server(kind: EnvKind, max_instances: usize) -> EnvServer {
 
 fn spec(url: &str) -> AgentGymSpec {
     url.parse().unwrap()
-}
-
-/// A raw call: (status, JSON answer).
-fn raw(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut resp = match (method, body) {
-        ("GET", _) => agent.get(url).call(),
-        (_, Some(b)) => agent.post(url).content_type("application/json").send(b),
-        (_, None) => agent.post(url).send_empty(),
-    }
-    .unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
-fn protocol(e: EnvError) -> ProtocolError {
-    match e {
-        EnvError::Protocol(p) => p,
-        other => panic!("expected a protocol error, got {other:?}"),
-    }
 }
 
 #[test]

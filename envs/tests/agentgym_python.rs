@@ -9,12 +9,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::thread;
 
-use common::python_server;
-use g2po_envs::agentgym::{AgentGymSpec, Call, Canonicaliser, ProtocolError, ProtocolErrorKind};
-use g2po_envs::{EnvError, Environment};
+use common::{protocol, python_server, raw};
+use g2po_envs::Environment;
+use g2po_envs::agentgym::{AgentGymSpec, Call, Canonicaliser, ProtocolErrorKind};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const COIN: &str = "/textworld-express/coin";
 const COOKING: &str = "/textworld-express/cooking";
@@ -22,26 +22,6 @@ const BABYAI: &str = "/babyai/GoToRedBallGrey";
 
 fn spec(base: &str, path: &str, options: &str) -> AgentGymSpec {
     format!("{base}{path}{options}").parse().unwrap()
-}
-
-fn raw(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut resp = match (method, body) {
-        ("GET", _) => agent.get(url).call(),
-        (_, Some(b)) => agent.post(url).content_type("application/json").send(b),
-        (_, None) => agent.post(url).send_empty(),
-    }
-    .unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
-fn protocol(e: EnvError) -> ProtocolError {
-    match e {
-        EnvError::Protocol(p) => p,
-        other => panic!("expected a protocol error, got {other:?}"),
-    }
 }
 
 /// A random episode's trace (texts, actions, outcomes), `steps` turns at most.

@@ -115,3 +115,25 @@ pub fn python_server(args: &[&str]) -> Option<ServerProcess> {
     let python = env_python()?;
     Some(ServerProcess::python_server(&python, args).expect("the Python server starts"))
 }
+
+/// A raw call: (status, JSON answer, or the text when it is not JSON).
+pub fn raw(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut resp = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        (_, Some(b)) => agent.post(url).content_type("application/json").send(b),
+        (_, None) => agent.post(url).send_empty(),
+    }
+    .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// The protocol error inside `e` (a test failure for any other error).
+pub fn protocol(e: g2po_envs::EnvError) -> g2po_envs::agentgym::ProtocolError {
+    match e {
+        g2po_envs::EnvError::Protocol(p) => p,
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+}
