@@ -331,6 +331,42 @@ pub fn text_keys_visiting(
     key: impl Fn(&str) -> u64,
     mut visit: impl FnMut(&Py<PyAny>, u64),
 ) -> Fallible<Vec<u64>> {
+    // The text is read right away: prefetch it whole, half as far ahead.
+    let ahead = Prefetch { rows: PREFETCH_AHEAD / 2, lines: 5 };
+    walk_strs(obj, argument, expected, ahead, |item, text| {
+        let k = key(text);
+        visit(item, k);
+        k
+    })
+}
+
+/// The texts of an object array of `str`, borrowed in place. `None` or any
+/// other object on a row is an error naming the row.
+pub fn texts(obj: &Bound<'_, PyAny>, argument: &str, expected: Option<usize>) -> Fallible<Vec<TextRef>> {
+    // Only the object's header is read here (the bytes later, elsewhere).
+    let ahead = Prefetch { rows: PREFETCH_AHEAD, lines: 1 };
+    walk_strs(obj, argument, expected, ahead, |_, text| TextRef { ptr: text.as_ptr(), len: text.len() })
+}
+
+/// How far ahead [`walk_strs`] prefetches objects, and how many cache lines
+/// of each.
+#[derive(Clone, Copy)]
+struct Prefetch {
+    rows: usize,
+    lines: usize,
+}
+
+/// `each(object, text)` for every row of an object array of `str`, once per
+/// run of rows holding the same object (the others repeat its result). A row
+/// that is not a `str`, or one that cannot be encoded as UTF-8, is an error
+/// naming the row.
+fn walk_strs<T: Copy>(
+    obj: &Bound<'_, PyAny>,
+    argument: &str,
+    expected: Option<usize>,
+    ahead: Prefetch,
+    mut each: impl FnMut(&Py<PyAny>, &str) -> T,
+) -> Fallible<Vec<T>> {
     let arr = array1(obj, argument)?;
     check_len(argument, arr.shape()[0], expected)?;
     let objects = arr.cast::<PyArray1<Py<PyAny>>>().map_err(|_| {
@@ -339,18 +375,20 @@ pub fn text_keys_visiting(
     let ro = objects.readonly();
     let slice = ro.as_slice().expect("checked contiguous");
     let py = obj.py();
-    let mut out = Vec::with_capacity(slice.len());
-    let mut prev: (usize, u64) = (0, 0);
+    let mut out: Vec<T> = Vec::with_capacity(slice.len());
+    let mut prev: Option<(usize, T)> = None;
     for (row, item) in slice.iter().enumerate() {
-        if let Some(ahead) = slice.get(row + PREFETCH_AHEAD / 2) {
-            let p = ahead.as_ptr() as *const u8;
-            for line in 0..5 {
+        if let Some(next) = slice.get(row + ahead.rows) {
+            let p = next.as_ptr() as *const u8;
+            for line in 0..ahead.lines {
                 prefetch(p.wrapping_add(64 * line));
             }
         }
         let address = item.as_ptr() as usize;
-        if address == prev.0 {
-            out.push(prev.1);
+        if let Some((same, value)) = prev
+            && same == address
+        {
+            out.push(value);
             continue;
         }
         let bound = item.bind(py);
@@ -363,48 +401,9 @@ pub fn text_keys_visiting(
             Failure::input(argument, Some(row), "the text cannot be encoded as UTF-8 (lone surrogate)")
         })?;
         // SAFETY: CPython's UTF-8 form is valid UTF-8.
-        let k = key(unsafe { std::str::from_utf8_unchecked(bytes) });
-        visit(item, k);
-        prev = (address, k);
-        out.push(k);
-    }
-    Ok(out)
-}
-
-/// The texts of an object array of `str`, borrowed in place. `None` or any
-/// other object on a row is an error naming the row.
-pub fn texts(obj: &Bound<'_, PyAny>, argument: &str, expected: Option<usize>) -> Fallible<Vec<TextRef>> {
-    let arr = array1(obj, argument)?;
-    check_len(argument, arr.shape()[0], expected)?;
-    let objects = arr.cast::<PyArray1<Py<PyAny>>>().map_err(|_| {
-        Failure::type_(argument, None, format!("expected an object array of str, got dtype {}", dtype_name(&arr)))
-    })?;
-    let ro = objects.readonly();
-    let slice = ro.as_slice().expect("checked contiguous");
-    let py = obj.py();
-    let mut out = Vec::with_capacity(slice.len());
-    let mut prev: (usize, TextRef) = (0, TextRef { ptr: std::ptr::null(), len: 0 });
-    for (row, item) in slice.iter().enumerate() {
-        if let Some(ahead) = slice.get(row + PREFETCH_AHEAD) {
-            prefetch(ahead.as_ptr() as *const u8);
-        }
-        let address = item.as_ptr() as usize;
-        if address == prev.0 {
-            out.push(prev.1);
-            continue;
-        }
-        let bound = item.bind(py);
-        if !bound.is_instance_of::<PyString>() {
-            let ty = bound.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
-            return Err(Failure::type_(argument, Some(row), format!("expected str, got {ty}")));
-        }
-        // SAFETY: a live str held by the array.
-        let bytes = unsafe { str_bytes(item.as_ptr()) }.ok_or_else(|| {
-            Failure::input(argument, Some(row), "the text cannot be encoded as UTF-8 (lone surrogate)")
-        })?;
-        let text = TextRef { ptr: bytes.as_ptr(), len: bytes.len() };
-        prev = (address, text);
-        out.push(text);
+        let value = each(item, unsafe { std::str::from_utf8_unchecked(bytes) });
+        prev = Some((address, value));
+        out.push(value);
     }
     Ok(out)
 }
