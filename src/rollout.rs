@@ -119,6 +119,14 @@ struct TrajState {
     abs_reward_sum: f64,
 }
 
+/// Which of a row's ids are known to equal the previous row's
+/// ([`BatchBuilder::push_step_with`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct SameIds {
+    pub group: bool,
+    pub traj: bool,
+}
+
 /// Incremental, validating constructor of a [`RolloutBatch`].
 ///
 /// ```
@@ -133,14 +141,6 @@ struct TrajState {
 /// assert_eq!(batch.len(), 2);
 /// # Ok::<(), g2po::Error>(())
 /// ```
-/// Which of a row's ids are known to equal the previous row's
-/// ([`BatchBuilder::push_step_with`]).
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct SameIds {
-    pub group: bool,
-    pub traj: bool,
-}
-
 #[derive(Debug, Default)]
 pub struct BatchBuilder {
     group_ids: Vec<String>,

@@ -308,6 +308,13 @@ fn graph_exports_dot_and_json_and_rejects_other_estimators() {
     }
     let explicit = bin().args(["graph", "--group", "Ae-mixed", "--estimator", "g2po", "--input"]).arg(&path).output();
     assert!(explicit.unwrap().status.success());
+
+    // From JSONL, the nodes are labelled with their observations (the graph
+    // reads texts even where `advantages` hashes them while parsing).
+    let rows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rollouts.jsonl");
+    let dot = bin().args(["graph", "--group", "task-3", "--input"]).arg(&rows).output().unwrap();
+    assert!(dot.status.success(), "{}", stderr(&dot));
+    assert!(String::from_utf8(dot.stdout).unwrap().contains("label=\"You are in the hallway."));
 }
 
 #[test]

@@ -597,13 +597,8 @@ fn graph(args: &GraphArgs) -> g2po::Result<bool> {
         });
     }
     let destination = Destination::new(&args.output, &args.input)?;
-    // Unless texts are compared (similarity grouping), JSONL texts are hashed
-    // as they are parsed and never copied; a vector file keeps its texts, so
-    // the grouping its header states still works.
-    let input = match args.estimator.similarity {
-        None => g2po::io::read_path_keyed(&args.input, &args.estimator.keyer())?,
-        Some(_) => g2po::io::read_path(&args.input)?,
-    };
+    // The texts label the graph's nodes.
+    let input = g2po::io::read_path(&args.input)?;
     let config = EstimatorConfig {
         kind: EstimatorKind::G2po,
         ..args.estimator.config(input.header.as_ref().map(|h| &h.config))
