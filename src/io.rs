@@ -158,6 +158,11 @@ impl Input {
 
 /// Reads a JSON vector file or a JSONL file of rows.
 ///
+/// A regular file of 1 MiB or more is memory-mapped rather than read (no
+/// copy); as with any mapping, another process truncating the file while it
+/// is parsed ends this one with `SIGBUS`. Smaller files, pipes and devices
+/// are read.
+///
 /// ```
 /// let err = g2po::io::read_path("/nonexistent/rows.jsonl").unwrap_err();
 /// assert!(matches!(err, g2po::Error::Io { .. }));
