@@ -409,7 +409,7 @@ impl PositionMasks {
         let (la, lb) = (a.len(), b.len());
         let most = la.min(lb);
         let prefix = common_prefix(a, b);
-        let suffix = common_prefix_rev(&a[prefix..], &b[prefix..]);
+        let suffix = common_suffix(&a[prefix..], &b[prefix..]);
         if prefix + suffix >= need {
             return most;
         }
@@ -543,7 +543,7 @@ fn common_prefix(a: &[char], b: &[char]) -> usize {
 }
 
 /// The length of the common suffix.
-fn common_prefix_rev(a: &[char], b: &[char]) -> usize {
+fn common_suffix(a: &[char], b: &[char]) -> usize {
     a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x == y).count()
 }
 
@@ -572,51 +572,37 @@ fn read_u64(row: &[u64], bit: usize) -> u64 {
     (pair >> (bit % 64)) as u64
 }
 
-impl BandWord for u64 {
-    const BITS: u32 = 64;
-    const ONES: Self = !0;
-    fn low_ones(n: usize) -> Self {
-        if n >= 64 { !0 } else { (1 << n) - 1 }
-    }
-    fn read(row: &[u64], bit: usize) -> Self {
-        read_u64(row, bit)
-    }
-    fn wrapping_add(self, other: Self) -> Self {
-        u64::wrapping_add(self, other)
-    }
-    fn low_bit_clear(self) -> bool {
-        self & 1 == 0
-    }
-    fn shift_in_one(self) -> Self {
-        (self >> 1) | (1 << 63)
-    }
-    fn zeros(self) -> usize {
-        self.count_zeros() as usize
-    }
+/// The two window words differ only in width and in how a window is read.
+macro_rules! band_word {
+    ($word:ty, $read:expr) => {
+        impl BandWord for $word {
+            const BITS: u32 = <$word>::BITS;
+            const ONES: Self = !0;
+            fn low_ones(n: usize) -> Self {
+                if n >= Self::BITS as usize { !0 } else { (1 << n) - 1 }
+            }
+            fn read(row: &[u64], bit: usize) -> Self {
+                $read(row, bit)
+            }
+            fn wrapping_add(self, other: Self) -> Self {
+                <$word>::wrapping_add(self, other)
+            }
+            fn low_bit_clear(self) -> bool {
+                self & 1 == 0
+            }
+            fn shift_in_one(self) -> Self {
+                (self >> 1) | (1 << (Self::BITS - 1))
+            }
+            fn zeros(self) -> usize {
+                self.count_zeros() as usize
+            }
+        }
+    };
 }
 
-impl BandWord for u128 {
-    const BITS: u32 = 128;
-    const ONES: Self = !0;
-    fn low_ones(n: usize) -> Self {
-        if n >= 128 { !0 } else { (1 << n) - 1 }
-    }
-    fn read(row: &[u64], bit: usize) -> Self {
-        u128::from(read_u64(row, bit)) | (u128::from(read_u64(row, bit + 64)) << 64)
-    }
-    fn wrapping_add(self, other: Self) -> Self {
-        u128::wrapping_add(self, other)
-    }
-    fn low_bit_clear(self) -> bool {
-        self & 1 == 0
-    }
-    fn shift_in_one(self) -> Self {
-        (self >> 1) | (1 << 127)
-    }
-    fn zeros(self) -> usize {
-        self.count_zeros() as usize
-    }
-}
+band_word!(u64, read_u64);
+band_word!(u128, |row: &[u64], bit: usize| u128::from(read_u64(row, bit))
+    | (u128::from(read_u64(row, bit + 64)) << 64));
 
 /// Ones at the positions `first..=last` that fall in word `w`.
 fn band_mask(w: usize, first: usize, last: usize) -> u64 {
