@@ -70,6 +70,46 @@ macro_rules! read_slice {
     };
 }
 
+/// A numeric column of dtype `T`, read in place, or converted when the
+/// array has another dtype.
+pub enum Column<'py, T: numpy::Element> {
+    /// numpy's own buffer, borrowed (no copy).
+    Borrowed(numpy::PyReadonlyArray1<'py, T>),
+    /// Converted from another dtype.
+    Owned(Vec<T>),
+}
+
+impl<T: numpy::Element> std::ops::Deref for Column<'_, T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match self {
+            Column::Borrowed(ro) => ro.as_slice().expect("checked contiguous"),
+            Column::Owned(v) => v,
+        }
+    }
+}
+
+/// `obj` as a [`Column`] of `T`: in place when its dtype is `T` (a 1-D
+/// contiguous array of `expected` rows), else through `convert`, which
+/// checks the rest.
+pub fn column<'py, T: numpy::Element>(
+    obj: &Bound<'py, PyAny>,
+    argument: &str,
+    expected: Option<usize>,
+    convert: impl FnOnce(&Bound<'py, PyAny>, &str, Option<usize>) -> Fallible<Vec<T>>,
+) -> Fallible<Column<'py, T>> {
+    let arr = array1(obj, argument)?;
+    check_len(argument, arr.shape()[0], expected)?;
+    if let Ok(typed) = arr.cast::<PyArray1<T>>() {
+        let ro = typed
+            .try_readonly()
+            .map_err(|e| Failure::type_(argument, None, format!("the array cannot be read now: {e}")))?;
+        return Ok(Column::Borrowed(ro));
+    }
+    Ok(Column::Owned(convert(obj, argument, expected)?))
+}
+
 /// A float column (float64 or float32) as f64.
 pub fn floats(obj: &Bound<'_, PyAny>, argument: &str, expected: Option<usize>) -> Fallible<Vec<f64>> {
     let arr = array1(obj, argument)?;

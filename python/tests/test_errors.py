@@ -177,6 +177,45 @@ def test_compat_inconsistent_node_values():
     assert (err.value.argument, err.value.row) == ("step_rewards", twin)
 
 
+def test_compat_phase_two_errors_name_the_first_row_in_any_order():
+    """Phase two works uid by uid; its errors still name the first bad row of
+    the batch as the trainer ordered it, and a disagreeing node value comes
+    before an unknown next node, wherever each is."""
+    b, tlr, mask = trainer_batch()
+    v, g, n = core_g2po.compute_group_aggregation_values(data_proto(b, 4))
+    rng = np.random.default_rng(11)
+    order = rng.permutation(len(b.uid))
+    uid, traj, valid = b.uid[order], b.traj_uid[order], b.is_action_valid[order]
+    v, g, n, tlr, mask = v[order], g[order], n[order], tlr[order], mask[order]
+
+    def call(values, nodes, nexts):
+        return core_g2po.compute_g2po_outcome_advantage(tlr, values, mask, uid, traj, nodes, nexts, valid)
+
+    # Unknown next nodes in two uids: the earlier row is named, whichever uid
+    # comes first in the engine's own numbering.
+    late = int(np.flatnonzero(uid == uid[0])[-1])
+    early = int(np.flatnonzero(uid != uid[0])[0])
+    assert early != late
+    bad_n = n.copy()
+    bad_n[[early, late]] = 99
+    with pytest.raises(InputError) as err:
+        call(v, g, bad_n)
+    assert (err.value.argument, err.value.row) == ("next_group_idx", min(early, late))
+    # A node value that disagrees with its earlier row, after an unknown next.
+    twin = [int(r) for r in np.flatnonzero((g == g[late]) & (uid == uid[late]))]
+    if len(twin) < 2:
+        twin = next([int(a), int(c)] for a in range(len(g)) for c in range(a + 1, len(g))
+                    if g[a] == g[c] and uid[a] == uid[c])
+    bad_v = v.copy()
+    bad_v[twin[1]] += 1.0
+    bad_n = n.copy()
+    bad_n[0] = 99
+    with pytest.raises(InputError) as err:
+        call(bad_v, g, bad_n)
+    assert (err.value.argument, err.value.row) == ("step_rewards", twin[1])
+    assert "on an earlier row but" in str(err.value)
+
+
 def test_compat_bad_inputs():
     b, tlr, mask = trainer_batch()
     bs = len(b.uid)
