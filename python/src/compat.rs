@@ -622,10 +622,11 @@ pub fn g2po_step<'py>(
             // writes go to one open end per uid), then each uid runs on its
             // own contiguous rows with its nodes' columns in L1, and the
             // uids in parallel; the results go back to row order the same
-            // way. Row-order passes over the batch with random access to
-            // node columns measured about 3x slower. A uid's rows keep their
-            // order, so every sum is taken in the same order as before and
-            // the results do not depend on the thread count.
+            // way. (On one thread this measured no faster than row-order
+            // passes with random access to all nodes' columns; it is what lets
+            // the work split across threads.) A uid's rows keep their order,
+            // so every sum is taken in the same order as before and the
+            // results do not depend on the thread count.
             let mut start = vec![0usize; num_uids + 1];
             for &g in u {
                 start[g as usize + 1] += 1;
@@ -696,7 +697,9 @@ pub fn g2po_step<'py>(
                     sorted[*at - 1]
                 })
                 .collect::<Vec<f64>>();
-            STEP_SCRATCH.with(|s| s.set(scratch));
+            if n <= SCRATCH_KEPT_ROWS {
+                STEP_SCRATCH.with(|s| s.set(scratch));
+            }
             Ok(step)
         })
     })?;
@@ -704,12 +707,17 @@ pub fn g2po_step<'py>(
 }
 
 /// The batch-sized buffers of [`g2po_step`], reused by the next call on the
-/// same thread (taken out while a call runs, so a call never shares them).
+/// same thread (taken out while a call runs, so a call never shares them;
+/// kept only up to [`SCRATCH_KEPT_ROWS`] rows).
 #[derive(Default)]
 struct StepScratch {
     packed: Vec<StepRow>,
     sorted: Vec<f64>,
 }
+
+/// The largest batch whose buffers [`g2po_step`] keeps for the next call
+/// (24 + 8 bytes a row: 64 MiB); larger ones are freed after the call.
+const SCRATCH_KEPT_ROWS: usize = 1 << 21;
 
 thread_local! {
     static STEP_SCRATCH: std::cell::Cell<StepScratch> = std::cell::Cell::new(StepScratch::default());
