@@ -597,7 +597,8 @@ pub fn g2po_step<'py>(
     reference: bool,
 ) -> PyResult<Arr<'py, f64>> {
     // The columns are read in place (the compat layer passes them in these
-    // dtypes): copies of them were a fifth of the call, mostly page faults.
+    // dtypes): copying them costs a page fault per 4 KiB whenever the heap
+    // has shrunk since the last call.
     let u_col = convert::column(uid, "index", None, u32s)?;
     let n = u_col.len();
     let node_col = convert::column(group_idx, "group_idx", Some(n), i64s)?;
@@ -636,8 +637,9 @@ pub fn g2po_step<'py>(
             }
             let mut cursor = start[..num_uids].to_vec();
             // The two batch-sized buffers are kept per thread between calls:
-            // fresh ones cost a page fault per 4 KiB every call (the largest
-            // part of the call once the work itself was blocked by uid).
+            // fresh ones cost a page fault per 4 KiB whenever the heap has
+            // shrunk since the last call (in a loop of calls alone, most of
+            // the call once the work itself was blocked by uid).
             let mut scratch = STEP_SCRATCH.with(|s| s.take());
             let StepScratch { packed, sorted } = &mut scratch;
             packed.clear();
