@@ -26,20 +26,26 @@
 //!
 //! A JSONL file of 100,000 rows with 270-character observations is about
 //! 45 MB, and JSON is nearly all the work of the command-line tool, so:
-//! - A large file is mapped, not read (no copy, no fresh pages), and parsed
-//!   in place into typed rows whose strings borrow from it (no
-//!   `serde_json::Value` tree). Each chunk of lines is checked as UTF-8 once,
-//!   so serde_json does not check every string again.
+//! - A large file is mapped, not read (no copy, no fresh pages).
+//! - Lines are cut into chunks of about 256 KB at newlines (`memchr`), so a
+//!   chunk is read from cache after its one UTF-8 check. Windows of chunks
+//!   are parsed in parallel (rayon) while the calling thread hands the
+//!   window before to the validating batch builder, which interns group and
+//!   trajectory ids in row order: parsed rows are consumed while still in
+//!   cache and their memory is reused window after window.
+//! - A row of the usual shape (a flat object, strings without escapes) is
+//!   read by a scanner of its own (`row_scan`), into the same typed fields
+//!   serde_json would give; anything else, and every error message, goes
+//!   through serde_json, with strings borrowed from the file and no
+//!   `serde_json::Value` tree.
 //! - [`read_path_keyed`] hashes anchor texts into state keys in the parsing
 //!   threads, so texts are never copied into the batch when only their keys
 //!   are needed (the command line's exact-key estimators).
-//! - Lines are cut into chunks at newlines (`memchr`) and the chunks are
-//!   parsed in parallel (rayon); only the validating batch builder, which
-//!   interns group and trajectory ids, runs in row order.
-//! - Output rows are formatted in parallel chunks and written in order.
-//!   Floats are written as the shortest decimal that reads back as the same
-//!   `f32` (`zmij`), integers with `itoa`; both crates already come with
-//!   serde_json, so the engine's dependency set does not grow.
+//! - Output rows are formatted in parallel chunks and written in order, a
+//!   window of chunks per `writev`. Floats are written as the shortest
+//!   decimal that reads back as the same `f32` (`zmij`), integers with
+//!   `itoa`; both crates already come with serde_json, so the engine's
+//!   dependency set does not grow.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -56,6 +62,8 @@ use crate::error::{Error, Result};
 use crate::estimators::{Advantages, EstimatorConfig, EstimatorKind, Grouping, Normalization, StatsOver};
 use crate::keys::StateKeyer;
 use crate::rollout::{Anchor, BatchBuilder, RolloutBatch, SameIds, StepRow};
+
+mod row_scan;
 
 /// The tolerance of [`compare`] and of the command line's `--check`.
 pub const CHECK_TOLERANCE: f64 = 1e-4;
@@ -668,11 +676,14 @@ fn parse_row<'a>(text: &'a [u8], eof: &str) -> std::result::Result<ParsedRow<'a>
     raw.into_parsed().map_err(|fault| (fault, 0, 0))
 }
 
-/// [`parse_row`] for text already known to be UTF-8: serde_json then does
-/// not check each string again.
+/// [`parse_row`] for text already known to be UTF-8: the fast scanner for
+/// the usual flat row ([`row_scan`]), serde_json for everything else (and
+/// for every error message), which then does not check each string again.
 fn parse_row_str<'a>(text: &'a str, eof: &str) -> std::result::Result<ParsedRow<'a>, (Fault, usize, usize)> {
-    let raw: RawRow<'_> =
-        serde_json::from_str(text).map_err(|e| (Fault::Syntax(json_message(&e, eof)), e.line(), e.column()))?;
+    let raw = match row_scan::scan_row(text) {
+        Some(raw) => raw,
+        None => serde_json::from_str(text).map_err(|e| (Fault::Syntax(json_message(&e, eof)), e.line(), e.column()))?,
+    };
     raw.into_parsed().map_err(|fault| (fault, 0, 0))
 }
 
@@ -693,34 +704,35 @@ struct Chunk<'a> {
 const LINE_EOF: &str = "the line ends inside the row object (each row is one complete JSON object on one line)";
 
 fn parse_chunk<'a>(text: &'a [u8], keyer: Option<&StateKeyer>) -> Chunk<'a> {
-    let newlines = memchr::memchr_iter(b'\n', text).count();
+    // A guess at the row count (rows of 256 bytes): counting the newlines
+    // first would read the chunk once more, and a short guess only costs a
+    // regrowth.
     let mut chunk = Chunk {
-        rows: Vec::with_capacity(newlines + 1),
-        lines: Vec::with_capacity(newlines + 1),
-        newlines,
+        rows: Vec::with_capacity(text.len() / 256 + 1),
+        lines: Vec::with_capacity(text.len() / 256 + 1),
         ..Chunk::default()
     };
-    // One UTF-8 check for the whole chunk (fast for ASCII) instead of one per
-    // string; a chunk that fails is parsed from bytes, so the error names the
-    // line and column of the bad string.
+    // One UTF-8 check for the whole chunk (fast for ASCII, and the chunk is
+    // small enough to be read again from cache) instead of one per string;
+    // a chunk that fails is parsed from bytes, so the error names the line
+    // and column of the bad string.
     let valid = std::str::from_utf8(text).ok();
     let mut start = 0;
     let mut line = 0;
     let ends = memchr::memchr_iter(b'\n', text).chain((text.last() != Some(&b'\n')).then_some(text.len()));
     for end in ends {
-        let current = &text[start..end];
-        let parsed = match valid {
-            Some(valid) => {
-                let current = &valid[start..end];
-                (!current.bytes().all(|b| b.is_ascii_whitespace())).then(|| parse_row_str(current, LINE_EOF))
-            }
-            None => (!current.iter().all(u8::is_ascii_whitespace)).then(|| parse_row(current, LINE_EOF)),
-        };
+        let range = start..end;
         start = end + 1;
         line += 1;
+        if text[range.clone()].iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let parsed = match valid {
+            Some(valid) => parse_row_str(&valid[range], LINE_EOF),
+            None => parse_row(&text[range], LINE_EOF),
+        };
         match parsed {
-            None => continue,
-            Some(Ok(mut row)) => {
+            Ok(mut row) => {
                 if let Some(previous) = chunk.rows.last() {
                     row.same = SameIds { group: previous.group == row.group, traj: previous.traj == row.traj };
                 }
@@ -733,7 +745,7 @@ fn parse_chunk<'a>(text: &'a [u8], keyer: Option<&StateKeyer>) -> Chunk<'a> {
                 chunk.rows.push(row);
                 chunk.lines.push(line - 1);
             }
-            Some(Err((fault, _, column))) => {
+            Err((fault, _, column)) => {
                 let fault = match fault {
                     Fault::Syntax(message) if column > 0 => Fault::Syntax(format!("{message} (column {column})")),
                     other => other,
@@ -743,17 +755,20 @@ fn parse_chunk<'a>(text: &'a [u8], keyer: Option<&StateKeyer>) -> Chunk<'a> {
             }
         }
     }
+    chunk.newlines = line - usize::from(text.last() != Some(&b'\n'));
     chunk
 }
 
-/// Chunk boundaries: about four chunks per thread, each ending after a
-/// newline, none under 256 KiB.
+/// Chunk boundaries: each chunk ends after a newline and is about 256 KiB,
+/// so that a chunk stays in a core's cache between its UTF-8 check and its
+/// parse (this VM's L2 is 512 KB), and its rows' memory is reused by the
+/// allocator from chunk to chunk.
 fn chunk_bounds(text: &[u8]) -> Vec<usize> {
-    let target = (text.len() / (4 * rayon::current_num_threads())).max(1 << 18);
+    const TARGET: usize = 1 << 18;
     let mut bounds = vec![0];
     let mut pos = 0;
     while pos < text.len() {
-        let next = pos + target;
+        let next = pos + TARGET;
         pos = match text.get(next..).and_then(|rest| memchr::memchr(b'\n', rest)) {
             Some(i) => next + i + 1,
             None => text.len(),
@@ -763,45 +778,89 @@ fn chunk_bounds(text: &[u8]) -> Vec<usize> {
     bounds
 }
 
+/// Parses windows of chunks on the pool while this thread hands the window
+/// before to the (serial) batch builder: the parsed rows are consumed while
+/// they are still in cache, and their memory is reused by the next windows
+/// instead of growing by 110 bytes a row (fresh pages cost about 4 µs each
+/// on the 2-core VM: `docs/benchmarks.md`).
 fn parse_jsonl(bytes: &[u8], source_name: &str, keyer: Option<&StateKeyer>) -> Result<Input> {
     let bounds = chunk_bounds(bytes);
-    let chunks: Vec<Chunk<'_>> = bounds.par_windows(2).map(|w| parse_chunk(&bytes[w[0]..w[1]], keyer)).collect();
+    let ranges: Vec<std::ops::Range<usize>> = bounds.windows(2).map(|w| w[0]..w[1]).collect();
+    let parse = |group: &[std::ops::Range<usize>]| -> Vec<Chunk<'_>> {
+        group.par_iter().map(|range| parse_chunk(&bytes[range.clone()], keyer)).collect()
+    };
+    let mut groups = ranges.chunks(4 * rayon::current_num_threads());
+    let mut ready = groups.next().map_or_else(Vec::new, parse);
 
-    // The first fault in file order wins, whichever thread found it.
-    let (mut line_base, mut row_base) = (0, 0);
-    let mut first_fault = None;
-    for (index, chunk) in chunks.iter().enumerate() {
-        if chunk.fault.is_some() {
-            first_fault = Some(index);
+    // The builder reserves for the whole file from the first window's rows
+    // per byte; a short guess only costs a regrowth.
+    let first_bytes: usize = ranges.iter().take(ready.len()).map(|r| r.len()).sum();
+    let scale = |n: usize| (n as f64 * bytes.len() as f64 / first_bytes.max(1) as f64 * 1.05) as usize;
+    let rows_seen: usize = ready.iter().map(|c| c.rows.len()).sum();
+    let text_seen: usize = ready.iter().map(|c| c.text_bytes).sum();
+    let mut reader = RowSink {
+        builder: BatchBuilder::with_capacity(scale(rows_seen), scale(text_seen)),
+        lines: Vec::with_capacity(scale(rows_seen)),
+        line_base: 0,
+        first_hashed: None,
+        check_mixed: keyer.is_some(),
+        source_name,
+    };
+    loop {
+        let group = groups.next();
+        let mut next = Vec::new();
+        let mut taken = Ok(());
+        rayon::in_place_scope(|scope| {
+            if let Some(group) = group {
+                scope.spawn(|_| next = parse(group));
+            }
+            taken = ready.drain(..).try_for_each(|chunk| reader.take(chunk));
+        });
+        taken?;
+        if group.is_none() {
             break;
         }
-        line_base += chunk.newlines;
-        row_base += chunk.rows.len();
+        ready = next;
     }
-    if let Some(index) = first_fault {
-        let (row, line, fault) = chunks.into_iter().nth(index).and_then(|c| c.fault).expect("found above");
-        return Err(fault.into_error(source_name, line_base + line + 1, row_base + row, ""));
-    }
-
-    let text_bytes = chunks.iter().map(|c| c.text_bytes).sum();
-    let mut builder = BatchBuilder::with_capacity(row_base, text_bytes);
-    let mut lines = Vec::with_capacity(row_base);
-    let mut line_base = 0;
-    // Hashed texts reach the builder as keys, so mixing `obs` and `key` rows
-    // is caught here, as the builder would.
-    let hashed = |row: &ParsedRow<'_>| matches!(row.anchor, ParsedAnchor::HashedText(_));
-    let first_hashed = chunks.iter().flat_map(|c| c.rows.first()).next().map(hashed);
-    for chunk in &chunks {
-        for (row, line) in chunk.rows.iter().zip(&chunk.lines) {
-            lines.push(line_base + line + 1);
-            if keyer.is_some() && Some(hashed(row)) != first_hashed {
-                return Err(locate(Error::MixedAnchors { row: lines.len() - 1 }, source_name, &lines, ""));
-            }
-            push_row(&mut builder, row, source_name, &lines, "")?;
-        }
-        line_base += chunk.newlines;
-    }
+    let RowSink { builder, lines, .. } = reader;
     Ok(Input { batch: builder.build()?, header: None, source_name: source_name.to_owned(), lines })
+}
+
+/// The serial end of [`parse_jsonl`]: parsed chunks, in file order, into
+/// the batch builder.
+struct RowSink<'s> {
+    builder: BatchBuilder,
+    lines: Vec<usize>,
+    /// Lines before the next chunk.
+    line_base: usize,
+    /// Whether the first row's anchor was a hashed text.
+    first_hashed: Option<bool>,
+    /// Hashed texts reach the builder as keys, so mixing `obs` and `key`
+    /// rows is caught here, as the builder would.
+    check_mixed: bool,
+    source_name: &'s str,
+}
+
+impl RowSink<'_> {
+    /// Pushes a chunk's rows; the first problem in file order (a row the
+    /// builder rejects, or the chunk's unparsable row) is the error.
+    fn take(&mut self, chunk: Chunk<'_>) -> Result<()> {
+        let hashed = |row: &ParsedRow<'_>| matches!(row.anchor, ParsedAnchor::HashedText(_));
+        for (row, line) in chunk.rows.iter().zip(&chunk.lines) {
+            self.lines.push(self.line_base + line + 1);
+            let first_hashed = *self.first_hashed.get_or_insert(hashed(row));
+            if self.check_mixed && hashed(row) != first_hashed {
+                let err = Error::MixedAnchors { row: self.lines.len() - 1 };
+                return Err(locate(err, self.source_name, &self.lines, ""));
+            }
+            push_row(&mut self.builder, row, self.source_name, &self.lines, "")?;
+        }
+        if let Some((_, line, fault)) = chunk.fault {
+            return Err(fault.into_error(self.source_name, self.line_base + line + 1, self.lines.len(), ""));
+        }
+        self.line_base += chunk.newlines;
+        Ok(())
+    }
 }
 
 fn push_row(
@@ -1047,18 +1106,58 @@ impl<'a> OutputColumns<'a> {
         }
     }
 
-    fn write_row(&self, row: usize, out: &mut Vec<u8>) {
+    /// The most bytes one row can take: its keys, the longest number of
+    /// each type, and `}\n`.
+    fn max_row_len(&self) -> usize {
+        const MAX_F32: usize = 24; // zmij's buffer
+        const MAX_I32: usize = 11; // "-2147483648"
+        let values: usize = self.order.iter().map(|&(is_int, _)| if is_int { MAX_I32 } else { MAX_F32 }).sum();
+        self.keys.iter().map(Vec::len).sum::<usize>() + values + 2
+    }
+
+    /// Appends row `row` to `out`. The row is built in `line` (at least
+    /// [`Self::max_row_len`] bytes) and appended with one copy: a field is a
+    /// dozen bytes, and `extend_from_slice` of each would be a `memcpy`
+    /// call each (a third of the formatting time).
+    fn write_row(&self, row: usize, line: &mut [u8], out: &mut Vec<u8>) {
         let mut floats = zmij::Buffer::new();
         let mut ints = itoa::Buffer::new();
+        let mut at = 0;
         for (key, &field) in self.keys.iter().zip(&self.order) {
-            out.extend_from_slice(key);
-            match field {
-                (true, i) => out.extend_from_slice(ints.format(self.ints[i].1[row]).as_bytes()),
-                (false, i) => out.extend_from_slice(floats.format_finite(self.floats[i].1[row]).as_bytes()),
-            }
+            at += copy_short(&mut line[at..], key);
+            let value = match field {
+                (true, i) => ints.format(self.ints[i].1[row]).as_bytes(),
+                (false, i) => floats.format_finite(self.floats[i].1[row]).as_bytes(),
+            };
+            at += copy_short(&mut line[at..], value);
         }
-        out.extend_from_slice(b"}\n");
+        at += copy_short(&mut line[at..], b"}\n");
+        out.extend_from_slice(&line[..at]);
     }
+}
+
+/// Copies `src` to the start of `dst` and returns its length. Up to 32
+/// bytes it uses two overlapping fixed-size moves, which compile to a few
+/// register moves where a variable-length copy calls `memcpy`.
+#[inline(always)]
+fn copy_short(dst: &mut [u8], src: &[u8]) -> usize {
+    let n = src.len();
+    match n {
+        16..=32 => {
+            dst[..16].copy_from_slice(&src[..16]);
+            dst[n - 16..n].copy_from_slice(&src[n - 16..]);
+        }
+        8..16 => {
+            dst[..8].copy_from_slice(&src[..8]);
+            dst[n - 8..n].copy_from_slice(&src[n - 8..]);
+        }
+        4..8 => {
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[n - 4..n].copy_from_slice(&src[n - 4..]);
+        }
+        _ => dst[..n].copy_from_slice(src),
+    }
+    n
 }
 
 /// The JSON object of one output row, with the vectors' field names; numbers
@@ -1111,7 +1210,10 @@ pub fn row_json(adv: &Advantages, row: usize) -> Value {
 /// # Ok::<(), g2po::Error>(())
 /// ```
 pub fn write_jsonl(adv: &Advantages, mut writer: impl Write) -> Result<()> {
-    const ROWS_PER_CHUNK: usize = 2048;
+    // Chunks of about 100 KB: small enough to come from the allocator's
+    // heap and be reused window after window (fresh pages cost about 4 µs
+    // each on the 2-core VM), large enough that a window is one `writev`.
+    const ROWS_PER_CHUNK: usize = 512;
     let columns = OutputColumns::of(adv);
     let rows = adv.len();
     columns.check(rows)?;
@@ -1125,16 +1227,14 @@ pub fn write_jsonl(adv: &Advantages, mut writer: impl Write) -> Result<()> {
         buffers.resize_with(group.len(), Vec::new);
         buffers.par_iter_mut().zip(group).for_each(|(buffer, range)| {
             buffer.clear();
+            let mut line = vec![0; columns.max_row_len()];
             for row in range.clone() {
-                columns.write_row(row, buffer);
+                columns.write_row(row, &mut line, buffer);
             }
         });
     };
     let write = |writer: &mut dyn Write, buffers: &[Vec<u8>]| -> Result<()> {
-        for buffer in buffers {
-            writer.write_all(buffer).map_err(|source| Error::Io { path: "<output>".into(), source })?;
-        }
-        Ok(())
+        write_all_vectored(writer, buffers).map_err(|source| Error::Io { path: "<output>".into(), source })
     };
     let mut groups = chunks.chunks(window);
     let (mut ready, mut next) = (Vec::new(), Vec::new());
@@ -1151,6 +1251,23 @@ pub fn write_jsonl(adv: &Advantages, mut writer: impl Write) -> Result<()> {
         std::mem::swap(&mut ready, &mut next);
     }
     write(&mut writer, &ready)
+}
+
+/// Writes every buffer, in order, in as few calls as the writer allows
+/// (`std`'s `write_all_vectored` is not stable yet).
+fn write_all_vectored(writer: &mut dyn Write, buffers: &[Vec<u8>]) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> =
+        buffers.iter().filter(|b| !b.is_empty()).map(|b| std::io::IoSlice::new(b)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match writer.write_vectored(slices) {
+            Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "failed to write whole buffer")),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- checking

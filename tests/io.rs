@@ -1,5 +1,6 @@
 //! File reading and writing at scale: mapped large files, texts hashed while
-//! parsing (`io::read_path_keyed`), the UTF-8 check per chunk, and the
+//! parsing (`io::read_path_keyed`), the UTF-8 check per chunk, the windows of
+//! chunks read in parallel with the fast row scanner, and the
 //! pipelined JSONL writer, each against the plain path it must equal.
 
 use std::io::Write;
@@ -75,6 +76,80 @@ fn a_mapped_file_parses_like_its_bytes() {
     assert_eq!(mapped.batch.group_ids(), parsed.batch.group_ids());
     assert_eq!(mapped.batch.traj_ids(), parsed.batch.traj_ids());
     assert_eq!(estimator.estimate(&mapped.batch).unwrap(), estimator.estimate(&parsed.batch).unwrap());
+}
+
+/// Rows spelled as Python's `json.dumps` writes them (spaces after `:` and
+/// `,`), with an escape, a `null` and an unknown nested field here and there:
+/// the fast row scanner reads some lines, serde_json the others.
+fn respelled(text: &str) -> String {
+    let mut out = String::new();
+    for (n, line) in text.lines().enumerate() {
+        let mut row: Value = serde_json::from_str(line).unwrap();
+        match n % 4 {
+            0 => row["obs"] = Value::String(format!("{} \"quoted\"\tand tabbed", row["obs"].as_str().unwrap())),
+            1 => row["extra"] = serde_json::json!({"nested": [1, 2]}),
+            2 => row["key"] = Value::Null,
+            _ => {}
+        }
+        out.push_str(&serde_json::to_string_pretty(&row).unwrap().replace('\n', ""));
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn windows_of_chunks_read_like_one_pass_whatever_the_spelling_and_the_pool() {
+    // Enough lines for several windows of chunks on two threads.
+    let text = repeated_rows(12 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let estimator = Estimator::new(EstimatorConfig::new(EstimatorKind::G2po)).unwrap();
+    let compact = write_file(&dir, "compact.jsonl", text.as_bytes());
+    let spaced = write_file(&dir, "spaced.jsonl", respelled(&text).as_bytes());
+    let reference = g2po::io::read_path(&compact).unwrap();
+    assert!(reference.batch.len() > 40_000, "{} rows", reference.batch.len());
+    let expected = estimator.estimate(&reference.batch).unwrap();
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        for path in [&compact, &spaced] {
+            let input = pool.install(|| g2po::io::read_path(path)).unwrap();
+            assert_eq!(input.batch.group_ids(), reference.batch.group_ids());
+            assert_eq!(input.batch.traj_ids(), reference.batch.traj_ids());
+            assert_eq!(input.batch.steps(), reference.batch.steps());
+            assert_eq!(input.batch.episode_rewards(), reference.batch.episode_rewards());
+            let last = input.batch.len() - 1;
+            assert_eq!(input.line(last), reference.line(last));
+            // The respelled observations differ, so only the compact file
+            // gives the same states.
+            if path == &compact {
+                assert_eq!(estimator.estimate(&input.batch).unwrap(), expected);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_first_problem_in_the_file_is_reported_whichever_window_finds_it() {
+    let text = repeated_rows(12 << 20);
+    let lines: Vec<&str> = text.lines().collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (early, late) = (lines.len() / 3, lines.len() - 5);
+    // A step out of order early (found by the batch builder) and a syntax
+    // error late (found by the parser, possibly first): the early one wins.
+    let mut rows: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    rows[early] = rows[early].replacen("\"step\":", "\"step\":1", 1);
+    rows[late] = "{\"group\": ".to_owned();
+    let path = write_file(&dir, "two.jsonl", rows.join("\n").as_bytes());
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let err = pool.install(|| g2po::io::read_path_keyed(&path, &StateKeyer::new())).unwrap_err();
+        assert!(err.to_string().starts_with(&format!("{}:{}:", path.display(), early + 1)), "{err}");
+        assert!(matches!(err, Error::InFile { ref error, .. } if matches!(**error, Error::StepOutOfOrder { .. })));
+    }
+    // The syntax error alone is reported at its line.
+    rows[early] = lines[early].to_owned();
+    let path = write_file(&dir, "one.jsonl", rows.join("\n").as_bytes());
+    let err = g2po::io::read_path(&path).unwrap_err();
+    assert!(matches!(err, Error::Parse { line, .. } if line == late + 1), "{err}");
 }
 
 #[test]

@@ -392,7 +392,9 @@ impl Destination {
             Destination::Replace(path) => {
                 let mut temp = temp_beside(path).map_err(io_err(path))?;
                 {
-                    let mut out = std::io::BufWriter::with_capacity(1 << 20, temp.as_file_mut());
+                    // Small writes are gathered; the advantage writer's
+                    // windows (hundreds of KB each) pass straight through.
+                    let mut out = std::io::BufWriter::with_capacity(64 << 10, temp.as_file_mut());
                     write(&mut out).map_err(|e| relabel(e, path))?;
                     out.flush().map_err(io_err(path))?;
                 }
