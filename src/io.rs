@@ -514,6 +514,25 @@ enum Field {
 const FIELD_NAMES: [&str; 9] =
     ["group", "traj", "step", "obs", "key", "reward", "episode_reward", "is_action_valid", "response_len"];
 
+impl Field {
+    /// The field a key names (`Other` for keys a row may carry but the
+    /// reader ignores).
+    fn named(name: &str) -> Field {
+        match name {
+            "group" => Field::Group,
+            "traj" => Field::Traj,
+            "step" => Field::Step,
+            "obs" => Field::Obs,
+            "key" => Field::Key,
+            "reward" => Field::Reward,
+            "episode_reward" => Field::EpisodeReward,
+            "is_action_valid" => Field::Valid,
+            "response_len" => Field::ResponseLen,
+            _ => Field::Other,
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Field {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         struct FieldVisitor;
@@ -523,18 +542,7 @@ impl<'de> Deserialize<'de> for Field {
                 f.write_str("a field name")
             }
             fn visit_str<E>(self, v: &str) -> std::result::Result<Field, E> {
-                Ok(match v {
-                    "group" => Field::Group,
-                    "traj" => Field::Traj,
-                    "step" => Field::Step,
-                    "obs" => Field::Obs,
-                    "key" => Field::Key,
-                    "reward" => Field::Reward,
-                    "episode_reward" => Field::EpisodeReward,
-                    "is_action_valid" => Field::Valid,
-                    "response_len" => Field::ResponseLen,
-                    _ => Field::Other,
-                })
+                Ok(Field::named(v))
             }
         }
         deserializer.deserialize_identifier(FieldVisitor)

@@ -98,23 +98,7 @@ fn key(line: &str, at: usize) -> Option<(Field, usize)> {
         }
     }
     let (name, after) = string(line, at + 1)?;
-    Some((field(name), after))
-}
-
-/// The field a key names, as the serde path's `Field` visitor maps it.
-fn field(name: &str) -> Field {
-    match name {
-        "group" => Field::Group,
-        "traj" => Field::Traj,
-        "step" => Field::Step,
-        "obs" => Field::Obs,
-        "key" => Field::Key,
-        "reward" => Field::Reward,
-        "episode_reward" => Field::EpisodeReward,
-        "is_action_valid" => Field::Valid,
-        "response_len" => Field::ResponseLen,
-        _ => Field::Other,
-    }
+    Some((Field::named(name), after))
 }
 
 /// JSON's whitespace (serde_json skips exactly these four).
