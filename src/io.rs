@@ -701,7 +701,8 @@ struct Chunk<'a> {
     rows: Vec<ParsedRow<'a>>,
     /// 0-based line of each row within the chunk.
     lines: Vec<usize>,
-    /// Newlines in the chunk.
+    /// Newlines in the chunk (up to the fault, if there is one: only a
+    /// chunk without one is counted past).
     newlines: usize,
     /// Bytes of anchor text in its rows.
     text_bytes: usize,
