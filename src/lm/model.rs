@@ -359,13 +359,52 @@ impl Llama {
         lora: Option<&Lora>,
         mode: Mode,
     ) -> Result<(Tensor, KvCache)> {
+        self.forward_in(tokens, prefix, lora, mode, Layout::Causal)
+    }
+
+    /// [`Llama::forward`] of one row holding several independent
+    /// continuations of `prefix` back to back (`segments`: their lengths):
+    /// each segment's tokens see the prefix and the earlier tokens of their
+    /// own segment, at the positions they would have alone. Equals running
+    /// each segment as its own row after the prefix, without the padding of
+    /// a batch and without copying the prefix's keys and values per row.
+    pub(crate) fn forward_segments(
+        &self,
+        tokens: &Tensor,
+        prefix: &KvCache,
+        lora: Option<&Lora>,
+        mode: Mode,
+        segments: &[usize],
+    ) -> Result<Tensor> {
+        let (batch, len) = tokens.dims2()?;
+        if batch != 1 || prefix.batch != 1 || segments.iter().sum::<usize>() != len || segments.contains(&0) {
+            return Err(LmError::BadInput(format!(
+                "segments {segments:?} of a [{batch}, {len}] row after a prefix of batch {}",
+                prefix.batch
+            )));
+        }
+        Ok(self.forward_in(tokens, Some(prefix), lora, mode, Layout::Segments(segments))?.0)
+    }
+
+    fn forward_in(
+        &self,
+        tokens: &Tensor,
+        prefix: Option<&KvCache>,
+        lora: Option<&Lora>,
+        mode: Mode,
+        layout: Layout<'_>,
+    ) -> Result<(Tensor, KvCache)> {
         let (batch, len) = tokens.dims2()?;
         let c = &self.config;
         if batch == 0 || len == 0 {
             return Err(LmError::BadInput("forward needs at least one row and one token".into()));
         }
         let past = prefix.map_or(0, KvCache::len);
-        if past + len > c.context {
+        let reach = match layout {
+            Layout::Causal => len,
+            Layout::Segments(lens) => lens.iter().copied().max().unwrap_or(0),
+        };
+        if past + reach > c.context {
             return Err(LmError::BadInput(format!("{} positions exceed the context of {}", past + len, c.context)));
         }
         if let Some(p) = prefix
@@ -383,9 +422,17 @@ impl Llama {
         {
             return Err(LmError::BadInput("LoRA adapters built for another model".into()));
         }
-        let cos = self.cos.narrow(0, past, len)?;
-        let sin = self.sin.narrow(0, past, len)?;
-        let mask = causal_mask(len, past, &self.device)?;
+        let (cos, sin, mask) = match layout {
+            Layout::Causal => {
+                (self.cos.narrow(0, past, len)?, self.sin.narrow(0, past, len)?, causal_mask(len, past, &self.device)?)
+            }
+            Layout::Segments(lens) => {
+                let positions: Vec<u32> = lens.iter().flat_map(|&n| (past..past + n).map(|p| p as u32)).collect();
+                let positions = Tensor::from_vec(positions, len, &self.device)?;
+                let (cos, sin) = (self.cos.index_select(&positions, 0)?, self.sin.index_select(&positions, 0)?);
+                (cos, sin, segment_mask(lens, past, &self.device)?)
+            }
+        };
         let mut x = self.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((batch, len, c.hidden))?;
         let mut keys = Vec::with_capacity(c.layers);
         let mut values = Vec::with_capacity(c.layers);
@@ -475,6 +522,34 @@ impl Llama {
     }
 }
 
+/// How the new tokens of a forward pass see each other.
+#[derive(Clone, Copy)]
+enum Layout<'a> {
+    /// One sequence continuing the prefix.
+    Causal,
+    /// Independent sequences of these lengths, each continuing the prefix.
+    Segments(&'a [usize]),
+}
+
+/// `[len, past + len]` for segments of `lens` packed in one row: 0 where a
+/// token may attend (the whole prefix, and its own segment up to itself),
+/// `-inf` elsewhere.
+fn segment_mask(lens: &[usize], past: usize, device: &Device) -> Result<Tensor> {
+    let len: usize = lens.iter().sum();
+    let total = past + len;
+    let mut data = vec![f32::NEG_INFINITY; len * total];
+    let mut start = 0;
+    for &n in lens {
+        for i in start..start + n {
+            let row = &mut data[i * total..(i + 1) * total];
+            row[..past].fill(0.0);
+            row[past + start..=past + i].fill(0.0);
+        }
+        start += n;
+    }
+    Ok(Tensor::from_vec(data, (len, total), device)?)
+}
+
 /// `[len, past + len]`: 0 where position `past + i` may attend to `j`
 /// (`j <= past + i`), `-inf` elsewhere.
 fn causal_mask(len: usize, past: usize, device: &Device) -> Result<Tensor> {
@@ -482,4 +557,40 @@ fn causal_mask(len: usize, past: usize, device: &Device) -> Result<Tensor> {
     let data: Vec<f32> =
         (0..len).flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY })).collect();
     Ok(Tensor::from_vec(data, (len, total), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Packed segments give each continuation exactly what it gets as its
+    /// own row after the prefix, in both modes; lengths that do not add up
+    /// are a typed error.
+    #[test]
+    fn segments_equal_separate_rows() {
+        let model = Llama::random(LlamaConfig::tiny(), &Device::Cpu, 7).unwrap();
+        let prompt = Tensor::from_vec(vec![3u32, 9, 27, 4], (1, 4), &Device::Cpu).unwrap();
+        let (_, cache) = model.forward(&prompt, None, None, Mode::Fast).unwrap();
+        let segments: [&[u32]; 3] = [&[5, 6, 7], &[12], &[40, 41]];
+        let packed: Vec<u32> = segments.concat();
+        let ids = Tensor::from_vec(packed.clone(), (1, packed.len()), &Device::Cpu).unwrap();
+        for mode in [Mode::Fast, Mode::Differentiable] {
+            let out = model.forward_segments(&ids, &cache, None, mode, &[3, 1, 2]).unwrap();
+            let out = out.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+            let mut at = 0;
+            for seg in segments {
+                let row = Tensor::from_slice(seg, (1, seg.len()), &Device::Cpu).unwrap();
+                let (alone, _) = model.forward(&row, Some(&cache), None, mode).unwrap();
+                for (a, b) in alone.squeeze(0).unwrap().to_vec2::<f32>().unwrap().iter().zip(&out[at..]) {
+                    let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+                    assert!(diff < 1e-5, "{diff}");
+                }
+                at += seg.len();
+            }
+        }
+        for bad in [&[3, 1][..], &[3, 1, 3], &[3, 0, 1, 2]] {
+            let err = model.forward_segments(&ids, &cache, None, Mode::Fast, bad).unwrap_err();
+            assert!(matches!(err, LmError::BadInput(_)), "{err}");
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! Token log-probabilities of candidate continuations of one prompt.
 //!
-//! The prompt is run once; the candidates are right-padded into one batch
-//! that attends to the prompt's cache (shared, batch 1), and the output
+//! The prompt is run once; the candidates are packed back to back into one
+//! row of segments that each attend to the prompt's cache and to their own
+//! earlier tokens only (`Llama::forward_segments`: no padding, and the
+//! prompt's keys and values are not copied per candidate), and the output
 //! embedding is applied only to the rows that predict a candidate token: the
 //! prompt's last position (which predicts every candidate's first token, so
 //! it is computed once) and each candidate's own positions but its last. In
@@ -84,37 +86,33 @@ pub fn candidate_logps(
     let device = model.device();
     let n = candidates.len();
     let lens: Vec<usize> = candidates.iter().map(|c| c.len()).collect();
-    let max_len = lens.iter().copied().max().unwrap_or(1);
     let p = prompt.len();
     let prompt_t = Tensor::from_slice(prompt, (1, p), device)?;
     let (hidden, cache) = model.forward(&prompt_t, None, lora, mode)?;
     let hidden_dim = model.config().hidden;
     let last = hidden.narrow(1, p - 1, 1)?.reshape((1, hidden_dim))?;
     // Row 0 is the prompt's last position; candidate c's position j > 0 is
-    // predicted by row 1 + offset[c] + j - 1.
+    // predicted by row 1 + offset[c] + j - 1. The candidates' tokens but
+    // their last run as segments of one row on the prompt's cache, so there
+    // is no padding and the prompt's keys and values are not copied per
+    // candidate.
     let mut rows = vec![last];
     let mut offsets = Vec::with_capacity(n);
-    if max_len > 1 {
-        let width = max_len - 1;
-        let mut ids = vec![0u32; n * width];
-        let mut pick = Vec::new();
-        let mut next = 0usize;
-        for (c, cand) in candidates.iter().enumerate() {
-            offsets.push(next);
-            for (j, &t) in cand[..cand.len() - 1].iter().enumerate() {
-                ids[c * width + j] = t;
-                pick.push((c * width + j) as u32);
-            }
-            next += cand.len() - 1;
+    let mut packed = Vec::new();
+    let mut segments = Vec::with_capacity(n);
+    for cand in candidates {
+        offsets.push(packed.len());
+        packed.extend_from_slice(&cand[..cand.len() - 1]);
+        if cand.len() > 1 {
+            segments.push(cand.len() - 1);
         }
-        if !pick.is_empty() {
-            let ids = Tensor::from_vec(ids, (n, width), device)?;
-            let (h, _) = model.forward(&ids, Some(&cache), lora, mode)?;
-            let pick = Tensor::from_vec(pick, next, device)?;
-            rows.push(h.reshape((n * width, hidden_dim))?.index_select(&pick, 0)?);
-        }
-    } else {
-        offsets = vec![0; n];
+    }
+    let max_len = lens.iter().copied().max().unwrap_or(1);
+    if !packed.is_empty() {
+        let width = packed.len();
+        let ids = Tensor::from_vec(packed, (1, width), device)?;
+        let h = model.forward_segments(&ids, &cache, lora, mode, &segments)?;
+        rows.push(h.reshape((width, hidden_dim))?);
     }
     let rows = Tensor::cat(&rows, 0)?;
     let logits = model.logits(&rows, mode)?;
