@@ -228,7 +228,8 @@ pub fn discounted_returns<'py>(
 /// rewards, finite values) and hashes the anchors into its state keys; a node
 /// is the rows of one uid with equal keys, as in the engine's G2PO. Nodes are
 /// numbered per uid from 0 in the reference's order: trajectories by
-/// `traj_rank` (the rank of each dense trajectory in sorted id order), each
+/// `traj_rank` (the rank of each dense trajectory in sorted id order; `None`:
+/// ranked here, as Python's `sorted` orders the ids), each
 /// trajectory's rows in row order. A visit at position t of a trajectory of T
 /// rows contributes `gamma^(T - t) * R` (R its first row's episode reward);
 /// the node value is the mean over its visits, summed in that same order.
@@ -244,7 +245,7 @@ pub fn g2po_phase_one<'py>(
     py: Python<'py>,
     uid: &Bound<'py, PyAny>,
     traj: &Bound<'py, PyAny>,
-    traj_rank: &Bound<'py, PyAny>,
+    traj_rank: Option<&Bound<'py, PyAny>>,
     episode_reward: &Bound<'py, PyAny>,
     anchors: Option<&Bound<'py, PyAny>>,
     keys: Option<&Bound<'py, PyAny>>,
@@ -256,7 +257,10 @@ pub fn g2po_phase_one<'py>(
     let groups = convert::ids(uid, "uid", None)?;
     let n = groups.dense.len();
     let trajs = convert::ids(traj, "traj_uid", Some(n))?;
-    let rank = u32s(traj_rank, "traj_rank", Some(trajs.labels.len()))?;
+    let rank = match traj_rank {
+        Some(r) => u32s(r, "traj_rank", Some(trajs.labels.len()))?,
+        None => sorted_rank(traj, &trajs)?,
+    };
     let reward = convert::floats(episode_reward, "episode_rewards", Some(n))?;
     let keyer = keyer(&canonicalizers)?;
     let given = match (anchors, keys) {
@@ -299,6 +303,43 @@ pub fn g2po_phase_one<'py>(
         })
     })?;
     Ok((PyArray1::from_vec(py, values), PyArray1::from_vec(py, node), PyArray1::from_vec(py, next)))
+}
+
+/// The rank of each dense id in Python's sorted order of the distinct ids.
+/// `str` ids sort by their UTF-8 bytes, which is Python's code-point order,
+/// without a call into Python; any other ids are sorted by Python itself.
+fn sorted_rank(column: &Bound<'_, PyAny>, ids: &convert::Ids) -> PyResult<Vec<u32>> {
+    let n = ids.labels.len();
+    let order: Vec<u32> = if ids.all_text {
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_unstable_by(|&a, &b| ids.labels[a as usize].as_bytes().cmp(ids.labels[b as usize].as_bytes()));
+        order
+    } else {
+        let mut first = vec![usize::MAX; n];
+        for (row, &id) in ids.dense.iter().enumerate() {
+            if first[id as usize] == usize::MAX {
+                first[id as usize] = row;
+            }
+        }
+        let py = column.py();
+        let distinct = pyo3::types::PyList::empty(py);
+        for &row in &first {
+            distinct.append(column.get_item(row)?)?;
+        }
+        let key = distinct.getattr("__getitem__")?;
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("key", key)?;
+        let sorted = py
+            .import("builtins")?
+            .getattr("sorted")?
+            .call((pyo3::types::PyRange::new(py, 0, n as isize)?,), Some(&kwargs))?;
+        sorted.extract::<Vec<u32>>()?
+    };
+    let mut rank = vec![0u32; n];
+    for (position, &id) in order.iter().enumerate() {
+        rank[id as usize] = position as u32;
+    }
+    Ok(rank)
 }
 
 fn phase_one_numbering(

@@ -21,6 +21,9 @@ use crate::errors::{Failure, Fallible};
 pub struct Ids {
     pub dense: Vec<u32>,
     pub labels: Vec<String>,
+    /// Every id was a `str` whose label is its exact text, so the labels
+    /// sort as Python sorts the ids (UTF-8 byte order is code-point order).
+    pub all_text: bool,
 }
 
 /// The numpy array behind `obj`, checked to be 1-D and C-contiguous.
@@ -210,7 +213,7 @@ pub fn ids(obj: &Bound<'_, PyAny>, argument: &str, expected: Option<usize>) -> F
 
 fn int_ids<T: Copy + Eq + std::hash::Hash + std::fmt::Display>(s: &[T]) -> Ids {
     let mut map: AHashMap<T, u32> = AHashMap::new();
-    let mut out = Ids { dense: Vec::with_capacity(s.len()), labels: Vec::new() };
+    let mut out = Ids { dense: Vec::with_capacity(s.len()), labels: Vec::new(), all_text: false };
     let mut prev: Option<(T, u32)> = None;
     for &x in s {
         let id = match prev {
@@ -246,7 +249,7 @@ unsafe fn str_bytes<'a>(ptr: *mut ffi::PyObject) -> Option<&'a [u8]> {
 }
 
 fn object_ids(py: Python<'_>, slice: &[Py<PyAny>], argument: &str) -> Fallible<Ids> {
-    let mut out = Ids { dense: Vec::with_capacity(slice.len()), labels: Vec::new() };
+    let mut out = Ids { dense: Vec::with_capacity(slice.len()), labels: Vec::new(), all_text: true };
     let mut by_address: AHashMap<usize, u32> = AHashMap::new();
     let mut by_text: AHashMap<&[u8], u32> = AHashMap::new();
     let mut other: Option<Bound<'_, PyDict>> = None;
@@ -265,6 +268,8 @@ fn object_ids(py: Python<'_>, slice: &[Py<PyAny>], argument: &str) -> Fallible<I
             // SAFETY: the array holds a reference to every element for the
             // whole call, so the bytes outlive `by_text`.
             let text = if bound.is_instance_of::<PyString>() { unsafe { str_bytes(item.as_ptr()) } } else { None };
+            // A subclass of str may order itself otherwise.
+            out.all_text &= text.is_some() && bound.is_exact_instance_of::<PyString>();
             let id = match text {
                 Some(bytes) => {
                     let id = *by_text.entry(bytes).or_insert(next);

@@ -181,3 +181,39 @@ def test_gigpo_anchor_cache_gives_the_same_result():
             tlr[order], returns[order], mask[order], fresh, b.uid[order], b.traj_uid[order],
             mode="mean_std_norm")[0])
     assert torch.equal(results[0], results[1])
+
+
+class _Reversed(str):
+    """A str that sorts backwards: Python's own order must decide."""
+
+    def __lt__(self, other):
+        return str.__gt__(self, other)
+
+
+@pytest.mark.parametrize(
+    "ids, order",
+    [
+        (["b", "a", "c\u00e9", "c"], ["a", "b", "c", "c\u00e9"]),  # code points, as Python sorts str
+        ([10, 9, 100], [9, 10, 100]),  # numbers, not their text ("10" < "100" < "9")
+        ([_Reversed("a"), _Reversed("c"), _Reversed("b")], ["c", "b", "a"]),
+    ],
+)
+def test_compat_phase_one_numbers_trajectories_in_pythons_sorted_order(ids, order):
+    """The fork numbers nodes walking trajectories in sorted id order; each
+    trajectory here visits one state of its own, so its node is its rank."""
+    import types
+
+    bs = len(ids)
+    traj = np.empty(bs, dtype=object)
+    traj[:] = ids
+    dp = types.SimpleNamespace(
+        batch={"input_ids": torch.zeros(bs, 2, dtype=torch.int64), "responses": torch.zeros(bs, 2, dtype=torch.int64)},
+        non_tensor_batch={
+            "uid": obj(["task"] * bs), "traj_uid": traj, "anchor_obs": obj([f"state {i}" for i in ids]),
+            "episode_rewards": np.zeros(bs, dtype=np.float32), "rewards": np.zeros(bs, dtype=np.float32),
+            "active_masks": np.ones(bs, dtype=bool), "is_action_valid": np.ones(bs, dtype=bool),
+        },
+    )
+    _, nodes, _ = core_g2po.compute_group_aggregation_values(dp)
+    rank = {str(i): r for r, i in enumerate(order)}
+    assert nodes.tolist() == [rank[str(i)] for i in ids]

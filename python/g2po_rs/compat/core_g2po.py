@@ -38,17 +38,6 @@ SUCCESS_REWARD = 10.0
 GAMMA = 0.95
 
 
-def _traj_rank(traj: np.ndarray) -> np.ndarray:
-    """Rank of each distinct trajectory (dense, first-seen order) in sorted id
-    order, which is the order the reference walks trajectories in."""
-    _, n, first = _native.factorize(traj, "traj_uid")
-    distinct = traj[first]
-    order = sorted(range(n), key=distinct.__getitem__)
-    rank = np.empty(n, dtype=np.uint32)
-    rank[np.asarray(order, dtype=np.int64)] = np.arange(n, dtype=np.uint32)
-    return rank
-
-
 def compute_group_aggregation_values(batch: Any, *, gamma: float = GAMMA, success_reward: float = SUCCESS_REWARD):
     """Node ids and node values of every row (rows in step order).
 
@@ -80,7 +69,7 @@ def compute_group_aggregation_values(batch: Any, *, gamma: float = GAMMA, succes
     args = dict(
         uid=np.ascontiguousarray(index),
         traj=np.ascontiguousarray(traj),
-        traj_rank=_traj_rank(np.ascontiguousarray(traj)),
+        traj_rank=None,
         episode_reward=rewards,
         canonicalizers=[],
         gamma=float(gamma),
