@@ -332,7 +332,8 @@ fn sorted_rank(column: &Bound<'_, PyAny>, ids: &convert::Ids) -> PyResult<Vec<u3
         let sorted = py
             .import("builtins")?
             .getattr("sorted")?
-            .call((pyo3::types::PyRange::new(py, 0, n as isize)?,), Some(&kwargs))?;
+            .call((pyo3::types::PyRange::new(py, 0, n as isize)?,), Some(&kwargs))
+            .map_err(|e| Failure::type_("traj_uid", None, format!("the trajectory ids cannot be sorted: {e}")))?;
         sorted.extract::<Vec<u32>>()?
     };
     let mut rank = vec![0u32; n];

@@ -217,3 +217,23 @@ def test_compat_phase_one_numbers_trajectories_in_pythons_sorted_order(ids, orde
     _, nodes, _ = core_g2po.compute_group_aggregation_values(dp)
     rank = {str(i): r for r, i in enumerate(order)}
     assert nodes.tolist() == [rank[str(i)] for i in ids]
+
+
+def test_compat_phase_one_unsortable_trajectory_ids_are_a_typed_error():
+    import types
+
+    from g2po_rs.errors import InputTypeError
+
+    ids = [1, "a"]
+    traj = np.empty(2, dtype=object)
+    traj[:] = ids
+    dp = types.SimpleNamespace(
+        batch={"input_ids": torch.zeros(2, 2, dtype=torch.int64), "responses": torch.zeros(2, 2, dtype=torch.int64)},
+        non_tensor_batch={
+            "uid": obj(["task"] * 2), "traj_uid": traj, "anchor_obs": obj(["s0", "s1"]),
+            "episode_rewards": np.zeros(2, dtype=np.float32),
+        },
+    )
+    with pytest.raises(InputTypeError) as err:
+        core_g2po.compute_group_aggregation_values(dp)
+    assert err.value.argument == "traj_uid"
