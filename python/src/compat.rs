@@ -228,8 +228,7 @@ pub fn discounted_returns<'py>(
 /// rewards, finite values) and hashes the anchors into its state keys; a node
 /// is the rows of one uid with equal keys, as in the engine's G2PO. Nodes are
 /// numbered per uid from 0 in the reference's order: trajectories by
-/// `traj_rank` (the rank of each dense trajectory in sorted id order; `None`:
-/// ranked here, as Python's `sorted` orders the ids), each
+/// their ids in Python's sorted order (`sorted_rank`), each
 /// trajectory's rows in row order. A visit at position t of a trajectory of T
 /// rows contributes `gamma^(T - t) * R` (R its first row's episode reward);
 /// the node value is the mean over its visits, summed in that same order.
@@ -238,14 +237,13 @@ pub fn discounted_returns<'py>(
 /// step after a trajectory's last row is -1 (episode reward ==
 /// `success_reward`) or -2.
 #[pyfunction]
-#[pyo3(signature = (uid, traj, traj_rank, episode_reward, anchors, keys, canonicalizers, gamma, success_reward,
+#[pyo3(signature = (uid, traj, episode_reward, anchors, keys, canonicalizers, gamma, success_reward,
                     float32_terms))]
 #[allow(clippy::too_many_arguments)]
 pub fn g2po_phase_one<'py>(
     py: Python<'py>,
     uid: &Bound<'py, PyAny>,
     traj: &Bound<'py, PyAny>,
-    traj_rank: Option<&Bound<'py, PyAny>>,
     episode_reward: &Bound<'py, PyAny>,
     anchors: Option<&Bound<'py, PyAny>>,
     keys: Option<&Bound<'py, PyAny>>,
@@ -257,10 +255,7 @@ pub fn g2po_phase_one<'py>(
     let groups = convert::ids(uid, "uid", None)?;
     let n = groups.dense.len();
     let trajs = convert::ids(traj, "traj_uid", Some(n))?;
-    let rank = match traj_rank {
-        Some(r) => u32s(r, "traj_rank", Some(trajs.labels.len()))?,
-        None => sorted_rank(traj, &trajs)?,
-    };
+    let rank = sorted_rank(traj, &trajs)?;
     let reward = convert::floats(episode_reward, "episode_rewards", Some(n))?;
     let keyer = keyer(&canonicalizers)?;
     let given = match (anchors, keys) {

@@ -69,7 +69,6 @@ def compute_group_aggregation_values(batch: Any, *, gamma: float = GAMMA, succes
     args = dict(
         uid=np.ascontiguousarray(index),
         traj=np.ascontiguousarray(traj),
-        traj_rank=None,
         episode_reward=rewards,
         canonicalizers=[],
         gamma=float(gamma),
